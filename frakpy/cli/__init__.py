@@ -1,0 +1,1 @@
+"""The ``frakpy`` command line (see ``frakpy.cli.main``)."""

@@ -1,0 +1,1 @@
+"""A pod sandbox: one VM, its network and its shares."""

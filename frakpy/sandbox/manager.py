@@ -1,0 +1,336 @@
+"""Run, stop, remove and list pod sandboxes.
+
+RunPodSandbox is a sequence of named steps in an AsyncExitStack; each acquisition pushes
+its undo, and success pops them all. So a failure at any step leaves no VM, netns, run dir,
+name reservation or database row behind. List and Status are served from memory and
+never touch a VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from frakpy.config import Config
+from frakpy.errors import FrakpyError, InvalidArgument, Unavailable
+from frakpy.sandbox import vmboot
+from frakpy.sandbox.model import Sandbox, SandboxMetadata, SandboxState
+from frakpy.sandbox.vmboot import RunningVM
+from frakpy.store.index import IdIndex, NameIndex
+from frakpy.store.records import SandboxRecords
+
+log = logging.getLogger("frakpy.sandbox")
+
+NAMESPACE_NODE = 2  # CRI NamespaceMode.NODE: the host's namespace
+
+
+@dataclass
+class DNS:
+    servers: list[str] = field(default_factory=list)
+    searches: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunRequest:
+    """RunPodSandbox in domain terms (built by cri/convert.py)."""
+
+    metadata: SandboxMetadata
+    runtime_handler: str = ""
+    hostname: str = ""
+    log_directory: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    dns: DNS = field(default_factory=DNS)
+    port_mappings: list[dict[str, Any]] = field(default_factory=list)
+    network_mode: int = 0
+    pid_mode: int = 0
+    ipc_mode: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class PodNetworkPort(Protocol):
+    """What the sandbox manager needs from pod networking (frakpy.network.pod)."""
+
+    async def setup(self, sb: Sandbox, req: RunRequest) -> tuple[dict[str, Any], tuple[int, ...], dict[str, Any]]:
+        """Returns (record for sb.network, fds QEMU inherits, VMSpec overrides such as tap_fd/mac)."""
+        ...
+
+    async def guest_config(self, sb: Sandbox) -> dict[str, Any]: ...
+
+    async def teardown(self, sb: Sandbox) -> None: ...
+
+
+StopHook = Callable[[Sandbox, RunningVM | None], Awaitable[None]]
+
+
+class SandboxManager:
+    def __init__(self, cfg: Config, records: SandboxRecords, network: PodNetworkPort | None = None) -> None:
+        self.cfg = cfg
+        self.records = records
+        self.network = network
+        self.sandboxes: IdIndex[Sandbox] = IdIndex("sandbox")
+        self.names = NameIndex("sandbox")
+        self.running: dict[str, RunningVM] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Called before a sandbox's VM is stopped (the container manager stops containers there).
+        self.before_stop: list[StopHook] = []
+        # Called when a sandbox is removed (container records go with it).
+        self.on_remove: list[Callable[[Sandbox], Awaitable[None]]] = []
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # -- queries (memory only) ----------------------------------------------------------------
+    def get(self, sandbox_id: str) -> Sandbox:
+        sb = self.sandboxes.get(sandbox_id)
+        if sb.state is SandboxState.CREATING:
+            raise InvalidArgument(f"sandbox {sb.id} is still being created")
+        return sb
+
+    def list(self, id_prefix: str = "", state: SandboxState | None = None,
+             labels: dict[str, str] | None = None) -> list[Sandbox]:
+        out = []
+        for sb in self.sandboxes.values():
+            if sb.state is SandboxState.CREATING:
+                continue
+            if id_prefix and not sb.id.startswith(id_prefix):
+                continue
+            if state is not None and sb.state is not state:
+                continue
+            if labels and any(sb.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(sb)
+        return sorted(out, key=lambda s: s.created_at)
+
+    # -- RunPodSandbox ----------------------------------------------------------------------------
+    async def run(self, req: RunRequest) -> Sandbox:
+        handler = self.cfg.handler(req.runtime_handler)
+        handler_name = req.runtime_handler or self.cfg.daemon.default_handler
+        _refuse_host_namespaces(req)
+        md = req.metadata
+        if not md.name or not md.namespace or not md.uid:
+            raise InvalidArgument("pod metadata needs name, namespace and uid")
+        sb = Sandbox(
+            id=secrets.token_hex(32), metadata=md, runtime_handler=handler_name,
+            hostname=req.hostname or md.name, log_directory=req.log_directory,
+            labels=dict(req.labels), annotations=dict(req.annotations), config=req.config,
+        )
+        slog = logging.getLogger(f"frakpy.sandbox.{sb.id[:12]}")
+        self.names.reserve(md.key, sb.id)  # AlreadyExists when the same pod attempt runs twice
+        async with AsyncExitStack() as undo:
+            undo.callback(self.names.release, md.key)
+            run_dir = self.cfg.run_dir / "sandboxes" / sb.id
+            _check_socket_path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=False)
+            undo.callback(shutil.rmtree, run_dir, True)
+            spec = vmboot.build_spec(self.cfg, sb, handler, run_dir)
+
+            self.sandboxes.add(sb.id, sb)
+            undo.callback(self.sandboxes.remove, sb.id)
+            self.records.save(sb)  # CREATING: a crash from here on is finished by recover()
+            undo.callback(self.records.delete, sb.id)
+
+            fds: tuple[int, ...] = ()
+            if self.network is not None:
+                net_record, fds, overrides = await self.network.setup(sb, req)
+                sb.network = net_record
+                undo.push_async_callback(self.network.teardown, sb)
+                for key, value in overrides.items():
+                    setattr(spec, key, value)
+                self.records.save(sb)
+
+            running = await vmboot.boot(sb, spec, handler.boot_timeout_s, slog, fds)
+            undo.push_async_callback(running.vm.kill)
+            undo.push_async_callback(running.close)
+
+            assert running.agent is not None
+            net_guest = await self.network.guest_config(sb) if self.network is not None else {}
+            await running.agent.setup_sandbox(
+                sb.id,
+                hostname=sb.hostname,
+                dns_servers=req.dns.servers, dns_searches=req.dns.searches, dns_options=req.dns.options,
+                hosts=_hosts_entries(sb, net_guest),
+                realtime_ns=time.time_ns(),
+                rng_seed=os.urandom(64),
+            )
+            sb.transition(SandboxState.READY)
+            self.records.save(sb)
+            undo.pop_all()
+        self.running[sb.id] = running
+        running.watcher = asyncio.ensure_future(self._watch(sb, running))
+        slog.info("sandbox %s/%s ready in %.2fs (%s, %s)", md.namespace, md.name,
+                  sb.vm.boot.get("total_s", 0.0), sb.vm.accel, sb.vm.transport)
+        return sb
+
+    async def _watch(self, sb: Sandbox, running: RunningVM) -> None:
+        """Mark the sandbox NOTREADY the moment its QEMU exits without being asked to."""
+        await running.vm.exited.wait()
+        if sb.state is SandboxState.READY and self.running.get(sb.id) is running:
+            log.warning("sandbox %s: VM exited unexpectedly; marking NOTREADY", sb.id[:12])
+            sb.transition(SandboxState.NOTREADY, "VM exited unexpectedly")
+            self.records.save(sb)
+            if running.agent is not None:
+                with contextlib.suppress(Exception):
+                    await running.agent.close()
+
+    # -- StopPodSandbox ---------------------------------------------------------------------------
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop containers, the VM and the network; idempotent, unknown ids succeed."""
+        sb = self.sandboxes.find(sandbox_id)
+        if sb is None:
+            log.debug("StopPodSandbox %s: unknown, nothing to do", sandbox_id)
+            return
+        async with self._lock(sb.id):
+            running = self.running.get(sb.id)
+            for hook in self.before_stop:
+                await hook(sb, running)
+            await self._stop_vm(sb, running)
+            if self.network is not None and sb.network:
+                await self.network.teardown(sb)
+                sb.network = {**sb.network, "torn_down": True}
+            if sb.state is SandboxState.READY:
+                sb.transition(SandboxState.NOTREADY, "stopped")
+            self.records.save(sb)
+
+    async def _stop_vm(self, sb: Sandbox, running: RunningVM | None) -> None:
+        self.running.pop(sb.id, None)
+        if running is None:
+            # not adopted (QEMU gone, or never reachable): make sure nothing of it survives
+            await _kill_stray(sb)
+            return
+        if running.watcher is not None:
+            running.watcher.cancel()
+        vm = running.vm
+        if running.agent is not None and not vm.exited.is_set():
+            with contextlib.suppress(FrakpyError, OSError):
+                await running.agent.shutdown(timeout=2.0)
+        if not await vm.wait_exit(3.0) and not await vm.quit(3.0):
+            log.warning("sandbox %s: VM ignored shutdown and quit; killing it", sb.id[:12])
+        await vm.kill()
+        await running.close()
+
+    # -- RemovePodSandbox -------------------------------------------------------------------------
+    async def remove(self, sandbox_id: str) -> None:
+        """Stop if needed, then delete every trace; idempotent, unknown ids succeed."""
+        sb = self.sandboxes.find(sandbox_id)
+        if sb is None:
+            return
+        if sb.state is SandboxState.READY or sb.id in self.running or (sb.network and not sb.network.get("torn_down")):
+            await self.stop(sb.id)
+        async with self._lock(sb.id):
+            for hook in self.on_remove:
+                await hook(sb)
+            if sb.vm.run_dir:
+                shutil.rmtree(sb.vm.run_dir, ignore_errors=True)
+            self.records.delete(sb.id)
+            self.sandboxes.remove(sb.id)
+            self.names.release(sb.metadata.key)
+        self._locks.pop(sb.id, None)
+
+    # -- restart ----------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Re-adopt after a daemon restart.
+
+        Assumptions: every VM we started has a record (saved before QEMU was spawned); a
+        record in CREATING means the daemon died mid-RunPodSandbox, so that sandbox is
+        undone completely (kubelet retries); a READY record whose QEMU is alive and whose
+        agent answers is re-adopted untouched; any other READY record becomes NOTREADY and
+        keeps its resources until StopPodSandbox/RemovePodSandbox release them.
+        """
+        for sb in self.records.load_all():
+            if sb.state is SandboxState.CREATING:
+                log.info("sandbox %s was being created when frakpyd stopped; undoing it", sb.id[:12])
+                await _kill_stray(sb)
+                if self.network is not None and sb.network:
+                    with contextlib.suppress(Exception):
+                        await self.network.teardown(sb)
+                if sb.vm.run_dir:
+                    shutil.rmtree(sb.vm.run_dir, ignore_errors=True)
+                self.records.delete(sb.id)
+                continue
+            self.sandboxes.add(sb.id, sb)
+            self.names.reserve(sb.metadata.key, sb.id)
+            if sb.state is not SandboxState.READY:
+                continue
+            slog = logging.getLogger(f"frakpy.sandbox.{sb.id[:12]}")
+            try:
+                running = await vmboot.adopt(sb, slog)
+            except (FrakpyError, OSError) as exc:
+                log.warning("sandbox %s cannot be re-adopted: %s", sb.id[:12], exc)
+                sb.transition(SandboxState.NOTREADY, f"not re-adopted after restart: {exc}")
+                self.records.save(sb)
+                continue
+            self.running[sb.id] = running
+            running.watcher = asyncio.ensure_future(self._watch(sb, running))
+            log.info("sandbox %s re-adopted (qemu pid %s)", sb.id[:12], sb.vm.pid)
+
+    async def close(self) -> None:
+        """Daemon shutdown: drop connections, leave every VM running."""
+        for running in list(self.running.values()):
+            await running.close()
+        self.running.clear()
+
+    def agent_of(self, sandbox_id: str) -> RunningVM:
+        sb = self.get(sandbox_id)
+        running = self.running.get(sb.id)
+        if running is None or running.agent is None:
+            raise Unavailable(f"sandbox {sb.id} has no running VM")
+        return running
+
+
+def _refuse_host_namespaces(req: RunRequest) -> None:
+    asked = [name for name, mode in (("network", req.network_mode), ("PID", req.pid_mode),
+                                     ("IPC", req.ipc_mode)) if mode == NAMESPACE_NODE]
+    if asked:
+        raise InvalidArgument(
+            f"pod {req.metadata.namespace}/{req.metadata.name} asks for the host's "
+            f"{' and '.join(asked)} namespace, which a VM sandbox cannot share; "
+            "run it with a non-VM RuntimeClass (e.g. runc) or drop hostNetwork/hostPID/hostIPC"
+        )
+
+
+def _check_socket_path(run_dir: Path) -> None:
+    longest = run_dir / "agent.sock"
+    if len(str(longest).encode()) > 107:
+        raise InvalidArgument(
+            f"run dir {run_dir} is too deep for unix socket paths (108 bytes max); "
+            "set daemon.run_dir to a shorter path"
+        )
+
+
+def _hosts_entries(sb: Sandbox, net_guest: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    entries = [("127.0.0.1", ["localhost"]), ("::1", ["localhost", "ip6-localhost", "ip6-loopback"])]
+    for addr in net_guest.get("addresses", [])[:1]:
+        entries.append((str(addr).split("/")[0], [sb.hostname]))
+    return entries
+
+
+async def _kill_stray(sb: Sandbox) -> None:
+    """Kill a QEMU of this sandbox that we hold no handle for (crash leftovers)."""
+    from frakpy.vm.qemu import is_our_qemu
+
+    pid = sb.vm.pid
+    if pid and is_our_qemu(pid, sb.id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        for _ in range(50):
+            if not is_our_qemu(pid, sb.id):
+                break
+            await asyncio.sleep(0.1)
+    pidfile = Path(sb.vm.run_dir) / "qemu.pid" if sb.vm.run_dir else None
+    if not pid and pidfile is not None and pidfile.exists():
+        with contextlib.suppress(ValueError, OSError):
+            stray = int(pidfile.read_text().strip())
+            if is_our_qemu(stray, sb.id):
+                os.kill(stray, 9)

@@ -1,0 +1,164 @@
+"""Boot a pod's VM until its agent answers, and keep the handles of a running one.
+
+Boot stages, named in the DEADLINE_EXCEEDED error when a VM does not make it in time:
+``starting QEMU`` → ``guest kernel booting`` → ``guest agent starting`` → ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frakpy.agent.client import AgentClient
+from frakpy.config import Config, HandlerConfig
+from frakpy.errors import DeadlineExceeded, FrakpyError, Unavailable
+from frakpy.sandbox.model import Sandbox, VMInfo
+from frakpy.vm import accel
+from frakpy.vm.guest import resolve as resolve_guest
+from frakpy.vm.qemu import QemuVM
+from frakpy.vm.spec import VMSpec
+
+AGENT_READY_MARK = "frakpy-agent"
+
+
+def choose_transport(requested: str) -> str:
+    if requested == "auto":
+        return "vsock" if os.path.exists("/dev/vhost-vsock") else "serial"
+    return requested
+
+
+@dataclass
+class RunningVM:
+    """The live handles of one sandbox's VM: QEMU (with QMP) and the agent connection."""
+
+    vm: QemuVM
+    agent: AgentClient | None = None
+    watcher: asyncio.Task[None] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Drop our connections; the VM keeps running (daemon shutdown)."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await self.agent.close()
+        await self.vm.close()
+
+
+def build_spec(cfg: Config, sb: Sandbox, handler: HandlerConfig, run_dir: Path) -> VMSpec:
+    guest = resolve_guest(cfg.guest_manifest, handler)
+    choice = accel.choose(handler.accelerator)
+    transport = choose_transport(handler.agent_transport)
+    spec = VMSpec(
+        vm_id=sb.id,
+        run_dir=run_dir,
+        kernel=guest.kernel,
+        rootfs=guest.rootfs,
+        rootfs_fstype=guest.rootfs_fstype,
+        vcpus=handler.vcpus,
+        memory_mib=handler.memory_mib,
+        machine=handler.machine,
+        accel=choice.name,
+        tb_size_mib=handler.tb_size_mib,
+        tsc_khz=accel.host_tsc_khz() if choice.name == "tcg" else None,
+        kernel_params=handler.kernel_params,
+        transport=transport,
+        seccomp=handler.seccomp,
+        qemu_binary=handler.qemu_binary,
+    )
+    sb.vm = VMInfo(
+        run_dir=str(run_dir), accel=choice.name, accel_reason=choice.reason, transport=transport,
+        machine=handler.machine, vcpus=handler.vcpus, memory_mib=handler.memory_mib,
+        kernel=str(guest.kernel), rootfs=str(guest.rootfs),
+    )
+    return spec
+
+
+def spec_from_record(sb: Sandbox) -> VMSpec:
+    """Enough of the spec to adopt a running VM (paths and ids; argv is not re-rendered)."""
+    vm = sb.vm
+    return VMSpec(
+        vm_id=sb.id, run_dir=Path(vm.run_dir), kernel=Path(vm.kernel), rootfs=Path(vm.rootfs),
+        machine=vm.machine, accel=vm.accel, transport=vm.transport,
+    )
+
+
+async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
+               extra_fds: tuple[int, ...] = ()) -> RunningVM:
+    """Start QEMU and wait for the agent; on any failure the VM is killed before raising."""
+    vm = QemuVM(spec, log)
+    running = RunningVM(vm)
+    stage = ["starting QEMU"]
+    t0 = time.monotonic()
+
+    async def steps() -> None:
+        await vm.start(extra_fds)
+        t_qmp = time.monotonic()
+        stage[0] = "guest kernel booting"
+        running.agent = await AgentClient.connect(spec.agent_uri, timeout=timeout, sandbox_id=sb.id)
+        stage[0] = "guest agent starting"
+        await running.agent.health(timeout=timeout)
+        t_ready = time.monotonic()
+        details = await running.agent.guest_details()
+        t_details = time.monotonic()
+        ready_uptime = float(details.agent_ready_uptime)
+        sb.vm.boot = {
+            "total_s": round(t_ready - t0, 3),
+            "qemu_spawn_to_qmp_s": round(t_qmp - vm.spawned_at, 3),
+            "qemu_to_kernel_s": round(max(0.0, (t_ready - vm.spawned_at) - ready_uptime), 3),
+            "kernel_to_agent_start_s": round(float(details.agent_start_uptime), 3),
+            "kernel_to_agent_ready_s": round(ready_uptime, 3),
+            "agent_rpc_roundtrip_s": round(t_details - t_ready, 4),
+        }
+
+    task = asyncio.ensure_future(steps())
+    died = asyncio.ensure_future(vm.exited.wait())
+    try:
+        done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # re-raise a failure of the steps
+            sb.vm.pid = vm.pid or 0
+            sb.vm.agent_uri = spec.agent_uri
+            return running
+        if died in done:
+            raise Unavailable(
+                f"sandbox {sb.id[:12]}: the VM exited while {stage[0]}; "
+                f"qemu: {vm.stderr_tail() or '-'}; console: {vm.console_tail() or '-'}"
+            )
+        if stage[0] == "guest kernel booting" and AGENT_READY_MARK in vm.console_tail(100_000):
+            stage[0] = "guest agent starting"
+        raise DeadlineExceeded(
+            f"sandbox {sb.id[:12]}: the VM did not boot within {timeout:.0f}s "
+            f"(stage reached: {stage[0]}); console: {vm.console_tail() or '(empty)'}"
+        )
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if running.agent is not None:
+            with contextlib.suppress(Exception):
+                await running.agent.close()
+        await vm.kill()
+        raise
+    finally:
+        died.cancel()
+
+
+async def adopt(sb: Sandbox, log: logging.Logger, timeout: float = 10.0) -> RunningVM:
+    """Reconnect to a VM started before a daemon restart; raises when it is not usable."""
+    vm = QemuVM(spec_from_record(sb), log)
+    await vm.adopt(sb.vm.pid)
+    running = RunningVM(vm)
+    try:
+        running.agent = await AgentClient.connect(sb.vm.agent_uri, timeout=timeout, sandbox_id=sb.id)
+        await running.agent.health(timeout=timeout)
+    except (FrakpyError, OSError) as exc:
+        await running.close()
+        raise Unavailable(f"sandbox {sb.id[:12]}: the VM is running but its agent does not answer: {exc}") from exc
+    return running

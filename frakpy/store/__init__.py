@@ -1,0 +1,1 @@
+"""Durable state: SQLite database of sandboxes, containers, images and runtime settings."""

@@ -1,0 +1,1 @@
+"""Everything QEMU, nothing about pods: argv rendering, process lifecycle, QMP, hotplug."""

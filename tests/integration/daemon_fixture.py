@@ -1,0 +1,106 @@
+"""Start frakpyd as a real subprocess on a temporary socket; always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from frakpy.cri.client import CRIClient
+
+GUEST_MANIFEST = Path(os.environ.get("FRAKPY_GUEST_MANIFEST", "/var/lib/frakpy/guest/guest.json"))
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    socket: Path
+    state_dir: Path
+    run_dir: Path
+    config: Path
+    log: Path
+
+    def client(self, timeout: float = 60.0) -> CRIClient:
+        return CRIClient(f"unix://{self.socket}", timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def short_tmpdir(prefix: str = "frk-") -> Path:
+    """Unix socket paths are limited to 108 bytes: keep runtime dirs short."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def write_config(base: Path, extra: str = "") -> Path:
+    cfg = base / "config.toml"
+    cfg.write_text(
+        "[daemon]\n"
+        f'socket = "{base}/frakpy.sock"\n'
+        f'state_dir = "{base}/state"\n'
+        f'run_dir = "{base}/run"\n'
+        'log_level = "debug"\n'
+        "[guest]\n"
+        f'manifest = "{GUEST_MANIFEST}"\n'
+        "[cni]\n"
+        f'conf_dir = "{base}/cni"\n' + extra
+    )
+    return cfg
+
+
+def start(base: Path, config: Path | None = None, wait: bool = True) -> Daemon:
+    config = config or write_config(base)
+    log = base / f"frakpyd-{int(time.time() * 1000)}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frakpy", "daemon", "--config", str(config)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    d = Daemon(proc, base / "frakpy.sock", base / "state", base / "run", config, log)
+    if wait:
+        wait_ready(d)
+    return d
+
+
+def wait_ready(d: Daemon, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if d.proc.poll() is not None:
+            raise RuntimeError(f"frakpyd exited with {d.proc.returncode}:\n{d.log_text()}")
+        if d.socket.exists():
+            try:
+                with d.client(timeout=2) as c:
+                    from frakpy.cri.proto import api_pb2 as pb
+                    c.call(c.runtime.Version, pb.VersionRequest())
+                return
+            except Exception:
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"frakpyd did not come up in {timeout}s:\n{d.log_text()}")
+
+
+def stop(d: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    if d.proc.poll() is None:
+        d.proc.send_signal(sig)
+        try:
+            d.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait()
+    return d.proc.returncode
+
+
+@contextmanager
+def running_daemon(base: Path | None = None, extra_config: str = "") -> Iterator[Daemon]:
+    base = base or short_tmpdir()
+    d = start(base, write_config(base, extra_config))
+    try:
+        yield d
+    finally:
+        stop(d)

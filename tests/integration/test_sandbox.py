@@ -1,0 +1,248 @@
+"""Pod sandboxes are real QEMU VMs: lifecycle, filters, errors, crash and restart recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from frakpy.cri.client import CRIError
+from frakpy.cri.proto import api_pb2 as pb
+
+from . import daemon_fixture as dfx
+from .conftest import vm_requirements
+
+pytestmark = pytest.mark.skipif(vm_requirements() is not None, reason=vm_requirements() or "")
+
+
+def pod_config(name: str, uid: str | None = None, labels: dict[str, str] | None = None,
+               **linux: object) -> pb.PodSandboxConfig:
+    cfg = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, namespace="test", uid=uid or f"uid-{name}", attempt=0),
+        hostname=name, log_directory=f"/tmp/frakpy-test-logs/{name}", labels=labels or {},
+        annotations={"note": "integration"},
+    )
+    if linux:
+        cfg.linux.security_context.namespace_options.CopyFrom(pb.NamespaceOption(**linux))
+    return cfg
+
+
+def run(c, cfg: pb.PodSandboxConfig, handler: str = "") -> str:
+    return c.call(c.runtime.RunPodSandbox, pb.RunPodSandboxRequest(config=cfg, runtime_handler=handler)).pod_sandbox_id
+
+
+def status(c, pod_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
+    return c.call(c.runtime.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=verbose))
+
+
+def vm_info(c, pod_id: str) -> dict:
+    return json.loads(status(c, pod_id, verbose=True).info["info"])["vm"]
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "qemu-system-x86"], capture_output=True, text=True).stdout
+    out += subprocess.run(["pgrep", "-f", "^qemu-system-x86_64 -name frakpy-"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def remove_all(c) -> None:
+    for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+
+
+EXTRA = """
+[handlers.slowboot]
+boot_timeout_s = 4
+kernel_params = "init=/usr/bin/sleep -- 3600"
+
+[handlers.large]
+vcpus = 2
+memory_mib = 384
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    base = dfx.short_tmpdir()
+    d = dfx.start(base, dfx.write_config(base, EXTRA))
+    try:
+        yield d
+    finally:
+        with d.client() as c:
+            remove_all(c)
+        dfx.stop(d)
+
+
+def test_run_status_list_stop_remove(daemon):
+    with daemon.client() as c:
+        pod_id = run(c, pod_config("life", labels={"app": "web", "tier": "front"}))
+        st = status(c, pod_id).status
+        assert st.state == pb.SANDBOX_READY
+        assert st.metadata.name == "life" and st.metadata.namespace == "test"
+        assert st.labels["app"] == "web" and st.annotations["note"] == "integration"
+        assert st.runtime_handler == "frakpy"
+        assert abs(st.created_at / 1e9 - time.time()) < 600
+        vm = vm_info(c, pod_id)
+        assert vm["accelerator"] in {"tcg", "kvm"} and vm["transport"] in {"serial", "vsock"}
+        assert vm["pid"] in qemu_pids()
+        assert vm["boot"]["total_s"] > 0
+        run_dir = Path(vm["run_dir"])
+        assert (run_dir / "qemu.argv").read_text().startswith("qemu-system-x86_64\n")
+
+        items = c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items
+        assert pod_id in [i.id for i in items]
+
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        assert status(c, pod_id).status.state == pb.SANDBOX_NOTREADY
+        assert vm["pid"] not in qemu_pids()
+        # stop and remove are idempotent
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        assert not run_dir.exists()
+        with pytest.raises(CRIError) as exc:
+            status(c, pod_id)
+        assert exc.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_filters(daemon):
+    with daemon.client() as c:
+        a = run(c, pod_config("fa", labels={"app": "a", "env": "x"}))
+        b = run(c, pod_config("fb", labels={"app": "b", "env": "x"}), handler="large")
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=b))
+
+        def ids(**f) -> set[str]:
+            req = pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(**f))
+            return {i.id for i in c.call(c.runtime.ListPodSandbox, req).items}
+
+        assert {a, b} <= ids()
+        assert ids(id=a) == {a}
+        assert ids(id=a[:10]) == {a}
+        assert a in ids(state=pb.PodSandboxStateValue(state=pb.SANDBOX_READY))
+        assert b not in ids(state=pb.PodSandboxStateValue(state=pb.SANDBOX_READY))
+        assert b in ids(state=pb.PodSandboxStateValue(state=pb.SANDBOX_NOTREADY))
+        assert ids(label_selector={"app": "a"}) == {a}
+        assert ids(label_selector={"env": "x"}) >= {a, b}
+        assert ids(label_selector={"env": "x", "app": "b"}) == {b}
+        assert ids(label_selector={"app": "zzz"}) == set()
+        assert ids(id=a, label_selector={"app": "b"}) == set()
+        large = [i for i in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items if i.id == b]
+        assert large[0].runtime_handler == "large"
+        for pod in (a, b):
+            c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+
+
+def _assert_nothing_left(daemon, before: set[int]) -> None:
+    assert qemu_pids() <= before, "a QEMU process was left behind"
+    leftovers = list((daemon.run_dir / "sandboxes").glob("*")) if (daemon.run_dir / "sandboxes").exists() else []
+    assert leftovers == [], f"run dirs left behind: {leftovers}"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "handler", "code", "needle"),
+    [
+        (pod_config("bad-handler"), "gpu", grpc.StatusCode.INVALID_ARGUMENT, "unknown runtime handler 'gpu'"),
+        (pod_config("hostnet", network=pb.NODE), "", grpc.StatusCode.INVALID_ARGUMENT, "host's network"),
+        (pod_config("hostpid", pid=pb.NODE, ipc=pb.NODE), "", grpc.StatusCode.INVALID_ARGUMENT, "PID and IPC"),
+        (pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="x")), "", grpc.StatusCode.INVALID_ARGUMENT,
+         "namespace and uid"),
+    ],
+)
+def test_bad_requests_leave_nothing(daemon, cfg, handler, code, needle):
+    before = qemu_pids()
+    with daemon.client() as c:
+        with pytest.raises(CRIError) as exc:
+            run(c, cfg, handler)
+        assert exc.value.code == code
+        assert needle in str(exc.value)
+        assert all(i.metadata.name != cfg.metadata.name
+                   for i in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items)
+    _assert_nothing_left(daemon, before)
+
+
+def test_same_pod_twice_is_already_exists(daemon):
+    with daemon.client() as c:
+        pod_id = run(c, pod_config("twice"))
+        with pytest.raises(CRIError) as exc:
+            run(c, pod_config("twice"))
+        assert exc.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert pod_id in str(exc.value)
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        # once removed, the name is free again
+        pod_id = run(c, pod_config("twice"))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_boot_timeout_names_stage_and_leaks_nothing(daemon):
+    before = qemu_pids()
+    with daemon.client() as c:
+        with pytest.raises(CRIError) as exc:
+            run(c, pod_config("slow"), handler="slowboot")
+        assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "stage reached" in str(exc.value)
+    _assert_nothing_left(daemon, before)
+
+
+def test_qemu_killed_from_outside_goes_notready(daemon):
+    with daemon.client() as c:
+        pod_id = run(c, pod_config("victim"))
+        pid = vm_info(c, pod_id)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while status(c, pod_id).status.state != pb.SANDBOX_NOTREADY:
+            assert time.monotonic() < deadline, "sandbox still READY after its QEMU died"
+            time.sleep(0.1)
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert not any(i.id == pod_id for i in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items)
+
+
+def test_daemon_sigkill_and_restart_readopts(daemon):
+    base = dfx.short_tmpdir()
+    d = dfx.start(base, dfx.write_config(base))
+    try:
+        with d.client() as c:
+            pod_id = run(c, pod_config("survivor"))
+            pid = vm_info(c, pod_id)["pid"]
+        dfx.stop(d, signal.SIGKILL)
+        assert pid in qemu_pids(), "the VM must outlive the daemon"
+        d = dfx.start(base, d.config)
+        with d.client() as c:
+            st = status(c, pod_id)
+            assert st.status.state == pb.SANDBOX_READY  # re-adopted: QMP and agent reconnected
+            assert vm_info(c, pod_id)["pid"] == pid
+            assert "re-adopted" in d.log_text()
+            # and the adopted VM is still fully manageable
+            c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+            assert pid not in qemu_pids()
+            c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    finally:
+        with d.client() as c:
+            remove_all(c)
+        dfx.stop(d)
+
+
+def test_graceful_daemon_stop_keeps_pods(daemon):
+    base = dfx.short_tmpdir()
+    d = dfx.start(base, dfx.write_config(base))
+    try:
+        with d.client() as c:
+            pod_id = run(c, pod_config("keeper"))
+            pid = vm_info(c, pod_id)["pid"]
+        assert dfx.stop(d) == 0
+        assert pid in qemu_pids()
+        d = dfx.start(base, d.config)
+        with d.client() as c:
+            assert status(c, pod_id).status.state == pb.SANDBOX_READY
+    finally:
+        with d.client() as c:
+            remove_all(c)
+        dfx.stop(d)
