@@ -32,3 +32,4 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # qemu.qmp logs every message at debug; keep it one level quieter than ours
     logging.getLogger("qemu.qmp").setLevel(max(logging.INFO, root.level))
+    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))

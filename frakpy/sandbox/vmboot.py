@@ -121,12 +121,13 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
     died = asyncio.ensure_future(vm.exited.wait())
     try:
         done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # re-raise a failure of the steps
+        if task in done and task.exception() is None:
             sb.vm.pid = vm.pid or 0
             sb.vm.agent_uri = spec.agent_uri
             return running
-        if died in done:
+        if task in done and not await vm.wait_exit(0.5):
+            task.result()  # a failure of the steps while the VM still runs: re-raise it
+        if vm.exited.is_set():
             raise Unavailable(
                 f"sandbox {sb.id[:12]}: the VM exited while {stage[0]}; "
                 f"qemu: {vm.stderr_tail() or '-'}; console: {vm.console_tail() or '-'}"

@@ -1,0 +1,96 @@
+"""The agent's ttrpc server: one service, served on the virtio-serial port and on vsock."""
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+
+from frakpy.agent.protocol import ttrpc
+from frakpy_guest import services
+from frakpy_guest.services import AgentState
+
+log = logging.getLogger("frakpy_guest.server")
+
+PORT_NAME = "agent"
+VSOCK_PORT = 1024
+
+
+def build_server(state: AgentState) -> ttrpc.Server:
+    server = ttrpc.Server()
+    services.register(server, state)
+    return server
+
+
+async def listen_vsock(server: ttrpc.Server, port: int = VSOCK_PORT) -> asyncio.Server | None:
+    """Listen on AF_VSOCK ``port`` for any CID; None when the guest has no vsock."""
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None or not os.path.exists("/dev/vsock"):  # noqa: ASYNC240 - one stat at start
+        return None
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        log.info("no vsock in this guest: %s", exc)
+        return None
+    try:
+        sock.bind((socket.VMADDR_CID_ANY, port))
+        sock.listen(8)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        log.warning("cannot listen on vsock port %d: %s", port, exc)
+        return None
+    return await asyncio.start_server(server.serve, sock=sock)
+
+
+async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, system=None,  # type: ignore[no-untyped-def]
+              port_path: str | None = None, vsock_port: int | None = VSOCK_PORT) -> None:
+    """Serve forever (until the VM powers off)."""
+    loop = asyncio.get_running_loop()
+    reaper = None
+    if pid1:
+        from frakpy_guest import init
+
+        reaper = init.Reaper()
+        reaper.install(loop)
+        try:
+            init.bring_up_loopback()
+        except OSError as exc:
+            log.warning("bringing up lo: %s", exc)
+    if system is None:
+        from frakpy_guest.system import LinuxSystem
+
+        system = LinuxSystem()
+    state = AgentState(system, start_uptime_ns=start_uptime_ns, reaper=reaper)
+    server = build_server(state)
+
+    tasks = []
+    path = port_path or find_agent_port()
+    if path is not None:
+        from frakpy_guest.vport import PortListener
+
+        listener = PortListener.open(path, server.serve)
+        tasks.append(loop.create_task(listener.run()))
+        log.debug("serving on virtio-serial port %s", path)
+    else:
+        log.warning("no virtio-serial port named %r", PORT_NAME)
+    vsock = await listen_vsock(server, vsock_port) if vsock_port is not None else None
+    if vsock is not None:
+        log.debug("serving on vsock port %d", vsock_port)
+    if not tasks and vsock is None:
+        raise RuntimeError(f"nowhere to serve: no virtio-serial port named {PORT_NAME!r} and no vsock")
+
+    state.ready_uptime_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    print(f"frakpy-agent ready in {time.monotonic() - start_monotonic:.3f} s "
+          f"(uptime {state.ready_uptime_ns / 1e9:.3f} s)", file=sys.stderr, flush=True)
+    if tasks:
+        await asyncio.gather(*tasks)  # only returns if a listener fails
+    else:
+        await asyncio.Event().wait()
+
+
+def find_agent_port() -> str | None:
+    from frakpy_guest.vport import find_port
+
+    return find_port(PORT_NAME)

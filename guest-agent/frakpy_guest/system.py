@@ -1,0 +1,94 @@
+"""The guest-wide side effects the services need, behind one small interface.
+
+``LinuxSystem`` does the real thing (needs PID 1 / root inside the VM). Tests substitute a
+recorder with the same methods, so the services run unprivileged on a developer's host.
+"""
+
+import os
+import time
+
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+ETC_OVERLAY_DIR = "/run/frakpy/etc"
+
+
+class System:
+    """Interface (and documentation) of the side effects; every method may raise OSError."""
+
+    def read_text(self, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    def set_hostname(self, name: str) -> None:
+        raise NotImplementedError
+
+    def set_realtime_ns(self, ns: int) -> None:
+        raise NotImplementedError
+
+    def add_entropy(self, seed: bytes) -> int:
+        """Mix ``seed`` into the kernel pool and credit it; returns the bits credited."""
+        raise NotImplementedError
+
+    def write_etc_file(self, name: str, content: str) -> None:
+        """Replace /etc/<name> (hosts, resolv.conf) although the root file system is read-only."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        os.sync()
+
+    def power_off(self) -> None:
+        raise NotImplementedError
+
+
+class LinuxSystem(System):
+    def __init__(self, etc: str = "/etc", overlay_dir: str = ETC_OVERLAY_DIR) -> None:
+        self.etc = etc
+        self.overlay_dir = overlay_dir
+
+    def set_hostname(self, name: str) -> None:
+        import socket
+
+        socket.sethostname(name)
+
+    def set_realtime_ns(self, ns: int) -> None:
+        time.clock_settime_ns(time.CLOCK_REALTIME, ns)
+
+    def add_entropy(self, seed: bytes) -> int:
+        import fcntl
+        import struct
+
+        bits = 8 * len(seed)
+        fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, RNDADDENTROPY, struct.pack("ii", bits, len(seed)) + seed)
+        finally:
+            os.close(fd)
+        return bits
+
+    def write_etc_file(self, name: str, content: str) -> None:
+        # Either the image points /etc/<name> at a writable place with a symlink (we follow it),
+        # or we keep the content on /run and bind-mount it over the read-only file once.
+        path = os.path.join(self.etc, name)
+        if os.path.islink(path):
+            target = os.path.realpath(path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            _write_in_place(target, content)
+            return
+        shadow = os.path.join(self.overlay_dir, name)
+        os.makedirs(self.overlay_dir, exist_ok=True)
+        _write_in_place(shadow, content)  # in place: a rename would detach the bind mount
+        if not os.path.ismount(path):
+            from frakpy_guest import init
+
+            if not os.path.exists(path):
+                raise OSError(f"{path} is missing from the image: cannot bind-mount over it")
+            init.bind_mount(shadow, path)
+
+    def power_off(self) -> None:
+        from frakpy_guest import init
+
+        init.power_off()
+
+
+def _write_in_place(path: str, content: str) -> None:
+    with open(path, "w") as f:
+        f.write(content)

@@ -1,0 +1,1 @@
+"""In-process fakes shared by tests (import with the repository root on sys.path)."""
