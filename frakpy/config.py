@@ -56,6 +56,8 @@ class GuestConfig:
 class CNIConfig:
     conf_dir: str = _f("/etc/cni/net.d", "Directory holding CNI network configs; the first by name is used.")
     bin_dirs: list[str] = _f(["/opt/cni/bin", "/usr/lib/cni"], "Directories searched, in order, for CNI plugins.")
+    netns_dir: str = _f("/run/netns", "Where pod network namespaces are pinned (named frakpy-<pod id>).")
+    plugin_timeout_s: float = _f(60.0, "Seconds a CNI plugin may run before it is killed.", minimum=1)
 
 
 @dataclass

@@ -21,8 +21,19 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+_NOISY = ("pyroute2", "grpc", "asyncio", "qemu.qmp")
+
+
+class _QuietLibraries(logging.Filter):
+    """Drop the libraries' own debug chatter; ours stays (pyroute2 resets its level on import)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO or not record.name.startswith(_NOISY)
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_QuietLibraries())
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
@@ -30,6 +41,3 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # qemu.qmp logs every message at debug; keep it one level quieter than ours
-    logging.getLogger("qemu.qmp").setLevel(max(logging.INFO, root.level))
-    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))

@@ -70,6 +70,8 @@ class PodNetworkPort(Protocol):
 
     async def teardown(self, sb: Sandbox) -> None: ...
 
+    async def cleanup_orphans(self, known: dict[str, Sandbox]) -> list[str]: ...
+
 
 StopHook = Callable[[Sandbox, RunningVM | None], Awaitable[None]]
 
@@ -274,6 +276,10 @@ class SandboxManager:
             self.running[sb.id] = running
             running.watcher = asyncio.ensure_future(self._watch(sb, running))
             log.info("sandbox %s re-adopted (qemu pid %s)", sb.id[:12], sb.vm.pid)
+        if self.network is not None:
+            # netns whose sandbox record is gone (crash between CNI ADD and the first save)
+            alive = {sb.id: sb for sb in self.sandboxes.values() if not sb.network.get("torn_down")}
+            await self.network.cleanup_orphans(alive)
 
     async def close(self) -> None:
         """Daemon shutdown: drop connections, leave every VM running."""
@@ -312,7 +318,7 @@ def _check_socket_path(run_dir: Path) -> None:
 def _hosts_entries(sb: Sandbox, net_guest: dict[str, Any]) -> list[tuple[str, list[str]]]:
     entries = [("127.0.0.1", ["localhost"]), ("::1", ["localhost", "ip6-localhost", "ip6-loopback"])]
     for addr in net_guest.get("addresses", [])[:1]:
-        entries.append((str(addr).split("/")[0], [sb.hostname]))
+        entries.append((str(addr["address"]), [sb.hostname]))
     return entries
 
 

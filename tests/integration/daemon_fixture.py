@@ -39,7 +39,22 @@ def short_tmpdir(prefix: str = "frk-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def write_config(base: Path, extra: str = "") -> Path:
+def bridge_name(base: Path) -> str:
+    return "frk" + base.name[-6:].replace("_", "x").replace("-", "x").lower()
+
+
+def install_test_network(base: Path) -> None:
+    """A bridge conflist private to this daemon: own bridge, own /24, own IPAM state."""
+    from frakpy.network.defaults import install_default
+
+    octet = 1 + (int.from_bytes(base.name.encode(), "little") % 250)
+    install_default(str(base / "cni"), bridge=bridge_name(base), subnet=f"10.250.{octet}.0/24",
+                    data_dir=str(base / "ipam"), name=f"frakpy-test-{octet}")
+
+
+def write_config(base: Path, extra: str = "", *, cni: bool = True) -> Path:
+    if cni:
+        install_test_network(base)
     cfg = base / "config.toml"
     cfg.write_text(
         "[daemon]\n"
@@ -50,7 +65,8 @@ def write_config(base: Path, extra: str = "") -> Path:
         "[guest]\n"
         f'manifest = "{GUEST_MANIFEST}"\n'
         "[cni]\n"
-        f'conf_dir = "{base}/cni"\n' + extra
+        f'conf_dir = "{base}/cni"\n'
+        f'netns_dir = "{base}/netns"\n' + extra
     )
     return cfg
 
@@ -96,6 +112,12 @@ def stop(d: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
     return d.proc.returncode
 
 
+def cleanup_host(base: Path) -> None:
+    """What a test daemon leaves on the host by design: its bridge and netns dir mount."""
+    subprocess.run(["ip", "link", "del", bridge_name(base)], capture_output=True)
+    subprocess.run(["umount", "-l", str(base / "netns")], capture_output=True)
+
+
 @contextmanager
 def running_daemon(base: Path | None = None, extra_config: str = "") -> Iterator[Daemon]:
     base = base or short_tmpdir()
@@ -104,3 +126,4 @@ def running_daemon(base: Path | None = None, extra_config: str = "") -> Iterator
         yield d
     finally:
         stop(d)
+        cleanup_host(base)

@@ -12,13 +12,17 @@ import pytest
 from frakpy.cri.client import CRIError
 from frakpy.cri.proto import api_pb2 as pb
 
-from .daemon_fixture import running_daemon, short_tmpdir, start, stop, write_config
+from .daemon_fixture import short_tmpdir, start, stop, write_config
 
 
 @pytest.fixture(scope="module")
 def daemon():
-    with running_daemon() as d:
+    base = short_tmpdir()
+    d = start(base, write_config(base, cni=False))
+    try:
         yield d
+    finally:
+        stop(d)
 
 
 def test_version(daemon):
@@ -36,7 +40,8 @@ def test_status_conditions_and_handlers(daemon):
     assert set(conds) == {"RuntimeReady", "NetworkReady"}
     # no CNI config in the test's conf dir: the network is honestly not ready, with a reason
     assert conds["NetworkReady"].status is False
-    assert conds["NetworkReady"].reason
+    assert conds["NetworkReady"].reason == "NetworkPluginNotReady"
+    assert str(daemon.socket.parent / "cni") in conds["NetworkReady"].message
     if not conds["RuntimeReady"].status:
         assert conds["RuntimeReady"].reason in {"GuestImageMissing", "QemuMissing"}
     assert [h.name for h in st.runtime_handlers] == ["frakpy"]
@@ -84,7 +89,7 @@ def test_second_daemon_on_same_socket_refuses(daemon):
 
 def test_sigterm_removes_socket_and_stale_socket_is_replaced():
     base = short_tmpdir()
-    d = start(base, write_config(base))
+    d = start(base, write_config(base, cni=False))
     assert d.socket.exists()
     assert stop(d, signal.SIGTERM) == 0
     assert not d.socket.exists()
@@ -100,6 +105,6 @@ def test_sigterm_removes_socket_and_stale_socket_is_replaced():
 
 def test_bad_config_stops_startup_naming_the_key():
     base = short_tmpdir()
-    d = start(base, write_config(base, "[handlers.big]\nvcpus = 'lots'\n"), wait=False)
+    d = start(base, write_config(base, "[handlers.big]\nvcpus = 'lots'\n", cni=False), wait=False)
     assert d.proc.wait(30) == 2
     assert "handlers.big.vcpus" in d.log_text()

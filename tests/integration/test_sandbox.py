@@ -46,9 +46,17 @@ def vm_info(c, pod_id: str) -> dict:
 
 
 def qemu_pids() -> set[int]:
+    """Live QEMU processes (an exited one may linger as a zombie until init reaps it)."""
     out = subprocess.run(["pgrep", "-x", "qemu-system-x86"], capture_output=True, text=True).stdout
-    out += subprocess.run(["pgrep", "-f", "^qemu-system-x86_64 -name frakpy-"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    live = set()
+    for pid in {int(p) for p in out.split()}:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            live.add(pid)
+    return live
 
 
 def remove_all(c) -> None:
@@ -78,6 +86,7 @@ def daemon():
         with d.client() as c:
             remove_all(c)
         dfx.stop(d)
+        dfx.cleanup_host(base)
 
 
 def test_run_status_list_stop_remove(daemon):
@@ -228,6 +237,7 @@ def test_daemon_sigkill_and_restart_readopts(daemon):
         with d.client() as c:
             remove_all(c)
         dfx.stop(d)
+        dfx.cleanup_host(base)
 
 
 def test_graceful_daemon_stop_keeps_pods(daemon):
@@ -246,3 +256,4 @@ def test_graceful_daemon_stop_keeps_pods(daemon):
         with d.client() as c:
             remove_all(c)
         dfx.stop(d)
+        dfx.cleanup_host(base)
