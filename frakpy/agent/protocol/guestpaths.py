@@ -95,10 +95,10 @@ def parse_placeholder(path: str) -> tuple[str, str] | None:
 # Spec annotations the host writes for the agent. "Consumed" ones change the spec: the agent
 # applies them and deletes the key before crun sees the spec; the others are informational.
 ANN_USER = "io.frakpy.user"  # consumed: JSON for frakpy_guest.users.resolve -> process.user
-ANN_NET_SYSCTLS = "io.frakpy.net-sysctls"  # consumed: JSON {name: value} for the VM's network namespace
+ANN_VM_SYSCTLS = "io.frakpy.vm-sysctls"  # consumed: JSON {name: value} the agent writes VM-wide
 ANN_HOST_DEVICES = "io.frakpy.host-devices"  # consumed: "all" -> add every VM device to linux.devices
 ANN_STOP_SIGNAL = "io.frakpy.stop-signal"  # signal name StopContainer sends first
 ANN_STDIN = "io.frakpy.stdin"  # "true" when the container keeps a stdin pipe
 ANN_STDIN_ONCE = "io.frakpy.stdin-once"  # "true": close stdin after the first attach detaches
 ANN_NOTES = "io.frakpy.notes"  # JSON list of CRI settings that were ignored, and why
-CONSUMED_ANNOTATIONS = frozenset({ANN_USER, ANN_NET_SYSCTLS, ANN_HOST_DEVICES})
+CONSUMED_ANNOTATIONS = frozenset({ANN_USER, ANN_VM_SYSCTLS, ANN_HOST_DEVICES})

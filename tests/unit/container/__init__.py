@@ -1,0 +1,1 @@
+"""Tests of frakpy.container: OCI spec building and seccomp."""
