@@ -8,10 +8,11 @@ DeadlineExceeded, a lost connection Unavailable, remote status codes map by name
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from frakpy.agent.transport import open_stream
 SERVICE = "frakpy.agent.v1.Agent"
 DEFAULT_TIMEOUT = 10.0
 RNG_SEED_BYTES = 64
+# ExecSync answers carry up to 16 MiB of output (the guest server uses the same limit).
+MAX_MESSAGE_SIZE = 24 << 20
 
 _CODE_TO_ERROR: dict[int, type[errors.FrakpyError]] = {
     ttrpc.Code.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -81,6 +84,127 @@ class SandboxSetup:
     clock_set: bool
 
 
+@dataclass(frozen=True)
+class ImageMount:
+    path: str  # guest mount point
+    device: str
+    already_mounted: bool
+
+
+class ContainerStatus(enum.Enum):
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+_STATUS = {pb.CONTAINER_STATUS_CREATED: ContainerStatus.CREATED,
+           pb.CONTAINER_STATUS_RUNNING: ContainerStatus.RUNNING,
+           pb.CONTAINER_STATUS_EXITED: ContainerStatus.EXITED}
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    container_id: str
+    status: ContainerStatus
+    pid: int
+    exit_code: int
+    created_at_ns: int  # guest realtime clock
+    started_at_ns: int
+    finished_at_ns: int
+    oom_killed: bool
+    output_offset: int
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    seq: int
+    container_id: str
+    exec_id: str  # "" for the container init
+    pid: int
+    exit_code: int
+    exited_at_ns: int
+    oom_killed: bool
+
+
+class Stream(enum.Enum):
+    STDOUT = "stdout"  # also a tty
+    STDERR = "stderr"
+
+
+_STREAM = {pb.OUTPUT_STREAM_STDOUT: Stream.STDOUT, pb.OUTPUT_STREAM_STDERR: Stream.STDERR}
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    offset: int  # offset of data[0] in the process's combined output
+    stream: Stream
+    time_ns: int  # guest realtime clock when read
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    timed_out: bool
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ProcessExit:
+    exit_code: int
+    exited_at_ns: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    timestamp_ns: int
+    cpu_usage_ns: int
+    memory_working_set_bytes: int
+    memory_usage_bytes: int
+    memory_rss_bytes: int
+    memory_available_bytes: int
+    page_faults: int
+    major_page_faults: int
+    oom_kills: int
+    writable_layer_bytes: int
+    writable_layer_inodes: int
+
+
+@dataclass(frozen=True)
+class InterfaceStats:
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    timestamp_ns: int
+    cpu_usage_ns: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    memory_working_set_bytes: int
+    interfaces: tuple[InterfaceStats, ...]
+
+
+def _json_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value).encode()
+
+
 class AgentClient:
     def __init__(self, client: ttrpc.Client, *, uri: str = "", sandbox_id: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -95,7 +219,7 @@ class AgentClient:
                       sandbox_id: str | None = None, call_timeout: float | None = None) -> AgentClient:
         """Open the transport (within ``timeout``); calls default to ``call_timeout`` or ``timeout``."""
         reader, writer = await open_stream(uri, timeout)
-        client = ttrpc.Client(reader, writer)
+        client = ttrpc.Client(reader, writer, max_message_size=MAX_MESSAGE_SIZE)
         return cls(client, uri=uri, sandbox_id=sandbox_id, timeout=call_timeout or timeout)
 
     @property
@@ -179,3 +303,192 @@ class AgentClient:
                 self.log.debug("agent connection closed while shutting down: %s", exc)
                 return
             raise
+
+    # --- streams ----------------------------------------------------------------------------
+
+    async def _stream(self, method: str, request: Any, response_type: Any,
+                      timeout: float | None) -> AsyncIterator[Any]:  # noqa: ASYNC109
+        """Messages of a server-streaming call; ``timeout`` bounds the whole stream (None: none)."""
+        try:
+            stream = await self._client.stream(SERVICE, method, request, response_type, timeout=timeout)
+        except ttrpc.TTRPCError as exc:
+            raise map_error(exc, method) from exc
+        try:
+            while True:
+                try:
+                    msg = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except ttrpc.TTRPCError as exc:
+                    raise map_error(exc, method) from exc
+                yield msg
+        finally:
+            await stream.aclose()
+
+    # --- storage ----------------------------------------------------------------------------
+
+    async def mount_image(self, mount_id: str, serial: str, *, fstype: str = "erofs",
+                          read_write: bool = False, wait: float = 10.0,
+                          timeout: float | None = None) -> ImageMount:  # noqa: ASYNC109
+        """Mount the hot-added scsi-hd disk ``serial`` at guestpaths.image_mount(mount_id)."""
+        req = pb.MountImageRequest(mount_id=mount_id, serial=serial, fstype=fstype, read_write=read_write,
+                                   timeout_ms=int(wait * 1000))
+        r = await self._call("MountImage", req, pb.MountImageResponse,
+                             timeout if timeout is not None else max(self.timeout, wait + 5))
+        return ImageMount(path=r.path, device=r.device, already_mounted=r.already_mounted)
+
+    async def unmount_image(self, mount_id: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._call("UnmountImage", pb.UnmountImageRequest(mount_id=mount_id), pb.UnmountImageResponse, timeout)
+
+    async def mount_share(self, tag: str, path: str = "", *, msize: int = 0,
+                          timeout: float | None = None) -> str:  # noqa: ASYNC109
+        r = await self._call("MountShare", pb.MountShareRequest(tag=tag, path=path, msize=msize),
+                             pb.MountShareResponse, timeout)
+        return str(r.path)
+
+    # --- containers -------------------------------------------------------------------------
+
+    async def create_container(self, container_id: str, spec: Mapping[str, Any] | bytes | str, *,
+                               image_mount_id: str, stdin: bool = False, tty: bool = False,
+                               log_buffer_bytes: int = 0, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Create (not start) the container; returns the guest pid of its init."""
+        req = pb.CreateContainerRequest(container_id=container_id, spec_json=_json_bytes(spec),
+                                        image_mount_id=image_mount_id, stdin=stdin, tty=tty,
+                                        log_buffer_bytes=log_buffer_bytes)
+        r = await self._call("CreateContainer", req, pb.CreateContainerResponse, timeout)
+        return int(r.pid)
+
+    async def start_container(self, container_id: str, *, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Returns the guest realtime ns the container started at."""
+        r = await self._call("StartContainer", pb.StartContainerRequest(container_id=container_id),
+                             pb.StartContainerResponse, timeout)
+        return int(r.started_at_ns)
+
+    async def signal_container(self, container_id: str, signal: int, *, all: bool = False,  # noqa: A002
+                               exec_id: str = "", timeout: float | None = None) -> None:  # noqa: ASYNC109
+        req = pb.SignalContainerRequest(container_id=container_id, signal=int(signal), all=all, exec_id=exec_id)
+        await self._call("SignalContainer", req, pb.SignalContainerResponse, timeout)
+
+    async def delete_container(self, container_id: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Idempotent: deleting an unknown container succeeds."""
+        await self._call("DeleteContainer", pb.DeleteContainerRequest(container_id=container_id),
+                         pb.DeleteContainerResponse, timeout)
+
+    async def container_state(self, container_id: str, *, timeout: float | None = None) -> ContainerState:  # noqa: ASYNC109
+        r = await self._call("ContainerState", pb.ContainerStateRequest(container_id=container_id),
+                             pb.ContainerStateResponse, timeout)
+        return ContainerState(container_id=r.container_id, status=_STATUS.get(r.status, ContainerStatus.UNKNOWN),
+                              pid=r.pid, exit_code=r.exit_code, created_at_ns=r.created_at_ns,
+                              started_at_ns=r.started_at_ns, finished_at_ns=r.finished_at_ns,
+                              oom_killed=r.oom_killed, output_offset=r.output_offset)
+
+    async def update_container_resources(self, container_id: str, resources: Mapping[str, Any] | bytes | str,
+                                         *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        req = pb.UpdateContainerResourcesRequest(container_id=container_id, resources_json=_json_bytes(resources))
+        await self._call("UpdateContainerResources", req, pb.UpdateContainerResourcesResponse, timeout)
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def events(self, *, after_seq: int = 0) -> AsyncIterator[ExitEvent]:
+        """Unacknowledged exit events (seq > after_seq), then live ones; runs until the
+        connection ends. Acknowledge with ``ack_events`` once persisted."""
+        async for e in self._stream("Events", pb.EventsRequest(after_seq=after_seq), pb.Event, None):
+            yield ExitEvent(seq=e.seq, container_id=e.container_id, exec_id=e.exec_id, pid=e.pid,
+                            exit_code=e.exit_code, exited_at_ns=e.exited_at_ns, oom_killed=e.oom_killed)
+
+    async def ack_events(self, up_to_seq: int, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._call("AckEvents", pb.AckEventsRequest(up_to_seq=up_to_seq), pb.AckEventsResponse, timeout)
+
+    # --- output and processes ---------------------------------------------------------------
+
+    async def read_output(self, container_id: str, *, exec_id: str = "", from_offset: int = 0,
+                          auto_ack: bool = False) -> AsyncIterator[OutputChunk]:
+        """Output from ``from_offset`` (which acknowledges everything below it) until the process
+        exited and all was delivered. Without ``auto_ack`` call ``ack_output`` after persisting,
+        or the process blocks once ``log_buffer_bytes`` are unacknowledged."""
+        req = pb.ReadOutputRequest(container_id=container_id, exec_id=exec_id, from_offset=from_offset,
+                                   auto_ack=auto_ack)
+        async for c in self._stream("ReadOutput", req, pb.OutputChunk, None):
+            yield OutputChunk(offset=c.offset, stream=_STREAM.get(c.stream, Stream.STDOUT), time_ns=c.time_ns,
+                              data=c.data)
+
+    async def ack_output(self, container_id: str, up_to_offset: int, *, exec_id: str = "",
+                         timeout: float | None = None) -> None:  # noqa: ASYNC109
+        req = pb.AckOutputRequest(container_id=container_id, exec_id=exec_id, up_to_offset=up_to_offset)
+        await self._call("AckOutput", req, pb.AckOutputResponse, timeout)
+
+    async def exec_sync(self, container_id: str, args: Sequence[str], *, timeout_s: int = 0,
+                        output_limit_bytes: int = 0, timeout: float | None = None) -> ExecResult:  # noqa: ASYNC109
+        """Run ``args`` in the container and collect its output; ``timeout_s`` kills it (timed_out)."""
+        req = pb.ExecSyncRequest(container_id=container_id, args=list(args), timeout_s=timeout_s,
+                                 output_limit_bytes=output_limit_bytes)
+        deadline = timeout if timeout is not None else (timeout_s + self.timeout if timeout_s else None)
+        r = await self._call("ExecSync", req, pb.ExecSyncResponse, deadline)
+        return ExecResult(stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code, timed_out=r.timed_out,
+                          truncated=r.truncated)
+
+    async def exec_start(self, container_id: str, exec_id: str, process: Mapping[str, Any] | bytes | str, *,
+                         tty: bool = False, stdin: bool = False, log_buffer_bytes: int = 0,
+                         timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Start an exec process (OCI process JSON; unset fields come from the container's
+        process); returns its guest pid. Read it with ``read_output(exec_id=...)``."""
+        req = pb.ExecStartRequest(container_id=container_id, exec_id=exec_id, process_json=_json_bytes(process),
+                                  tty=tty, stdin=stdin, log_buffer_bytes=log_buffer_bytes)
+        r = await self._call("ExecStart", req, pb.ExecStartResponse, timeout)
+        return int(r.pid)
+
+    async def write_stdin(self, container_id: str, data: bytes = b"", *, exec_id: str = "", close: bool = False,
+                          timeout: float | None = None) -> int:  # noqa: ASYNC109
+        req = pb.WriteStdinRequest(container_id=container_id, exec_id=exec_id, data=data, close=close)
+        r = await self._call("WriteStdin", req, pb.WriteStdinResponse, timeout)
+        return int(r.written)
+
+    async def resize_tty(self, container_id: str, width: int, height: int, *, exec_id: str = "",
+                         timeout: float | None = None) -> None:  # noqa: ASYNC109
+        req = pb.ResizeTtyRequest(container_id=container_id, exec_id=exec_id, width=width, height=height)
+        await self._call("ResizeTty", req, pb.ResizeTtyResponse, timeout)
+
+    async def wait_process(self, container_id: str, *, exec_id: str = "",
+                           timeout: float | None = None) -> ProcessExit:  # noqa: ASYNC109
+        """Blocks until the process exits (no deadline unless ``timeout`` is given)."""
+        try:
+            r = await self._client.call(SERVICE, "WaitProcess",
+                                        pb.WaitProcessRequest(container_id=container_id, exec_id=exec_id),
+                                        pb.WaitProcessResponse, timeout=timeout)
+        except ttrpc.TTRPCError as exc:
+            raise map_error(exc, "WaitProcess") from exc
+        return ProcessExit(exit_code=r.exit_code, exited_at_ns=r.exited_at_ns, oom_killed=r.oom_killed)
+
+    async def delete_process(self, container_id: str, exec_id: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._call("DeleteProcess", pb.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+                         pb.DeleteProcessResponse, timeout)
+
+    # --- stats and network ------------------------------------------------------------------
+
+    async def container_stats(self, container_id: str, *, timeout: float | None = None) -> ContainerStats:  # noqa: ASYNC109
+        r = await self._call("ContainerStats", pb.ContainerStatsRequest(container_id=container_id),
+                             pb.ContainerStatsResponse, timeout)
+        return ContainerStats(
+            timestamp_ns=r.timestamp_ns, cpu_usage_ns=r.cpu_usage_ns,
+            memory_working_set_bytes=r.memory_working_set_bytes, memory_usage_bytes=r.memory_usage_bytes,
+            memory_rss_bytes=r.memory_rss_bytes, memory_available_bytes=r.memory_available_bytes,
+            page_faults=r.page_faults, major_page_faults=r.major_page_faults, oom_kills=r.oom_kills,
+            writable_layer_bytes=r.writable_layer_bytes, writable_layer_inodes=r.writable_layer_inodes)
+
+    async def sandbox_stats(self, *, timeout: float | None = None) -> SandboxStats:  # noqa: ASYNC109
+        r = await self._call("SandboxStats", pb.SandboxStatsRequest(), pb.SandboxStatsResponse, timeout)
+        return SandboxStats(
+            timestamp_ns=r.timestamp_ns, cpu_usage_ns=r.cpu_usage_ns, memory_total_bytes=r.memory_total_bytes,
+            memory_available_bytes=r.memory_available_bytes, memory_working_set_bytes=r.memory_working_set_bytes,
+            interfaces=tuple(InterfaceStats(name=i.name, rx_bytes=i.rx_bytes, rx_errors=i.rx_errors,
+                                            tx_bytes=i.tx_bytes, tx_errors=i.tx_errors) for i in r.interfaces))
+
+    async def setup_network(self, config: Mapping[str, Any] | None = None, *, hostname: str = "",
+                            pod_ips: Sequence[str] = (), host_aliases: Sequence[str] = (),
+                            timeout: float | None = None) -> str:  # noqa: ASYNC109
+        """Configure the pod NIC (netconf config) and, with ``pod_ips``, rewrite /etc/hosts;
+        returns the guest interface name."""
+        req = pb.SetupNetworkRequest(config_json=_json_bytes(config) if config else b"", hostname=hostname,
+                                     pod_ips=list(pod_ips), host_aliases=list(host_aliases))
+        r = await self._call("SetupNetwork", req, pb.SetupNetworkResponse, timeout)
+        return str(r.interface)

@@ -15,10 +15,12 @@ log = logging.getLogger("frakpy_guest.server")
 
 PORT_NAME = "agent"
 VSOCK_PORT = 1024
+# ExecSync answers carry up to 16 MiB of output; the host client uses the same limit.
+MAX_MESSAGE_SIZE = 24 << 20
 
 
 def build_server(state: AgentState) -> ttrpc.Server:
-    server = ttrpc.Server()
+    server = ttrpc.Server(max_message_size=MAX_MESSAGE_SIZE)
     services.register(server, state)
     return server
 

@@ -8,7 +8,10 @@ import os
 import time
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
-ETC_OVERLAY_DIR = "/run/frakpy/etc"
+# The pod-wide copies of hostname/hosts/resolv.conf live in guestpaths.SANDBOX_DIR: they are
+# bind-mounted over the VM's /etc files and into every container, and always written in place.
+ETC_OVERLAY_DIR = "/run/frakpy/sandbox"
+MNT_DETACH = 2
 
 
 class System:
@@ -38,6 +41,25 @@ class System:
     def power_off(self) -> None:
         raise NotImplementedError
 
+    # --- containers and storage (used lazily by the container services) ---
+
+    def mount(self, source: str, target: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        raise NotImplementedError
+
+    def umount(self, target: str) -> None:
+        """Lazy unmount (MNT_DETACH); a target that is not mounted is not an error."""
+        raise NotImplementedError
+
+    def write_sysctl(self, name: str, value: str) -> None:
+        path = "/proc/sys/" + name.replace(".", "/")
+        with open(path, "w") as f:
+            f.write(value)
+
+    async def start_ns_holder(self, reaper) -> int:  # type: ignore[no-untyped-def]
+        """Start the pod's PID/IPC namespace holder; returns its pid."""
+        raise NotImplementedError
+
 
 class LinuxSystem(System):
     def __init__(self, etc: str = "/etc", overlay_dir: str = ETC_OVERLAY_DIR) -> None:
@@ -48,6 +70,8 @@ class LinuxSystem(System):
         import socket
 
         socket.sethostname(name)
+        os.makedirs(self.overlay_dir, exist_ok=True)
+        _write_in_place(os.path.join(self.overlay_dir, "hostname"), name + "\n")
 
     def set_realtime_ns(self, ns: int) -> None:
         time.clock_settime_ns(time.CLOCK_REALTIME, ns)
@@ -68,14 +92,15 @@ class LinuxSystem(System):
         # Either the image points /etc/<name> at a writable place with a symlink (we follow it),
         # or we keep the content on /run and bind-mount it over the read-only file once.
         path = os.path.join(self.etc, name)
-        if os.path.islink(path):
-            target = os.path.realpath(path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            _write_in_place(target, content)
-            return
         shadow = os.path.join(self.overlay_dir, name)
         os.makedirs(self.overlay_dir, exist_ok=True)
-        _write_in_place(shadow, content)  # in place: a rename would detach the bind mount
+        _write_in_place(shadow, content)  # in place: a rename would detach the bind mounts
+        if os.path.islink(path):
+            target = os.path.realpath(path)
+            if target != os.path.realpath(shadow):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_in_place(target, content)
+            return
         if not os.path.ismount(path):
             from frakpy_guest import init
 
@@ -87,6 +112,28 @@ class LinuxSystem(System):
         from frakpy_guest import init
 
         init.power_off()
+
+    def mount(self, source: str, target: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        from frakpy_guest import init
+
+        init.mount(source, target, fstype, flags, data)
+
+    def umount(self, target: str) -> None:
+        import ctypes
+
+        from frakpy_guest import init
+
+        if init.libc().umount2(target.encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err in (22, 2):  # EINVAL: not a mount point, ENOENT: gone
+                return
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+    async def start_ns_holder(self, reaper) -> int:  # type: ignore[no-untyped-def]
+        from frakpy_guest import nsholder
+
+        return await nsholder.start(reaper)
 
 
 def _write_in_place(path: str, content: str) -> None:
