@@ -68,6 +68,26 @@ class StreamingConfig:
 
 
 @dataclass
+class ImageConfig:
+    platform: str = _f("linux/amd64", "Platform picked from multi-platform images, os/arch[/variant].")
+    max_concurrent_downloads: int = _f(3, "Layer downloads running at once across all pulls.", minimum=1)
+    retries: int = _f(4, "Retries of a registry request after a transient error (0 disables).", minimum=0)
+    compression: str = _f("lz4", "Compression of the per-image EROFS filesystem.", choices=("lz4", "lz4hc", "none"))
+
+
+@dataclass
+class RegistryTable:
+    """One registry, keyed by its host as written in image references: [registries."docker.io"]."""
+
+    endpoints: list[str] = _f([], "Mirrors tried in order before the origin (https://..., or http:// to declare a "
+                                  "plain-HTTP mirror).")
+    insecure: bool = _f(False, "Reach the origin over plain HTTP (never guessed).")
+    ca_file: str = _f("", "Extra CA certificates (PEM) trusted for this registry and its mirrors.")
+    skip_verify: bool = _f(False, "Do not verify TLS certificates (testing only).")
+    fallback_to_origin: bool = _f(True, "After the mirrors fail, try the origin; off for air-gapped nodes.")
+
+
+@dataclass
 class HandlerConfig:
     """A VM profile selected by a RuntimeClass's handler name."""
 
@@ -95,6 +115,8 @@ class Config:
     guest: GuestConfig = field(default_factory=GuestConfig)
     cni: CNIConfig = field(default_factory=CNIConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    registries: dict[str, RegistryTable] = field(default_factory=dict)
     handlers: dict[str, HandlerConfig] = field(default_factory=lambda: {DEFAULT_HANDLER: HandlerConfig()})
 
     @property
@@ -125,6 +147,7 @@ _SECTIONS: dict[str, type] = {
     "guest": GuestConfig,
     "cni": CNIConfig,
     "streaming": StreamingConfig,
+    "image": ImageConfig,
 }
 
 
@@ -162,7 +185,7 @@ def _owner_of(f: dataclasses.Field[Any]) -> type:
     return _OWNERS[id(f)]
 
 
-for _cls in (DaemonConfig, GuestConfig, CNIConfig, StreamingConfig, HandlerConfig):
+for _cls in (DaemonConfig, GuestConfig, CNIConfig, StreamingConfig, ImageConfig, RegistryTable, HandlerConfig):
     for _fld in dataclasses.fields(_cls):
         _OWNERS[id(_fld)] = _cls
 
@@ -201,8 +224,13 @@ def parse(data: dict[str, Any]) -> Config:
                     raise InvalidArgument(f"config key handlers.{name}: handler names are letters, digits, - _ .")
                 handlers[name] = _build(HandlerConfig, table, f"handlers.{name}")
             cfg.handlers = handlers
+        elif key == "registries":
+            if not isinstance(value, dict):
+                raise InvalidArgument('config key registries: expected tables [registries."<host>"]')
+            cfg.registries = {name: _build(RegistryTable, table, f"registries.{name}")
+                              for name, table in value.items()}
         else:
-            known = ", ".join([*_SECTIONS, "handlers"])
+            known = ", ".join([*_SECTIONS, "registries", "handlers"])
             raise InvalidArgument(f"config key {key} is unknown (known sections: {known})")
     if cfg.daemon.default_handler not in cfg.handlers:
         raise InvalidArgument(
@@ -260,6 +288,13 @@ def render_default() -> str:
     for name in _SECTIONS:
         out += _render_table(name, getattr(cfg, name)) + [""]
     out += [
+        "# Per-registry settings, keyed by the registry host as written in image references.",
+        "# Example (air-gapped node mapping registry.k8s.io to a local registry):",
+        '# [registries."registry.k8s.io"]',
+    ]
+    out += ["# " + line for line in _render_table("x", RegistryTable())[1:]]
+    out += [
+        "",
         "# Runtime handlers: a Kubernetes RuntimeClass's `handler` selects one by name.",
         "# Add more tables, e.g. [handlers.frakpy-large] with vcpus = 2, memory_mib = 1024.",
     ]

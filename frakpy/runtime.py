@@ -8,7 +8,10 @@ import grpc
 
 from frakpy.config import Config
 from frakpy.cri import server as cri_server
+from frakpy.cri.image import ImageServicer
 from frakpy.cri.runtime import RuntimeServicer
+from frakpy.image.registry import PullConfig, RegistryConfig
+from frakpy.image.store import ImageStore
 from frakpy.cri.sandbox import SandboxServicer
 from frakpy.network.pod import PodNetwork
 from frakpy.runtime_status import RuntimeInfo
@@ -33,6 +36,8 @@ class Runtime:
         ))
         self.sandboxes = SandboxManager(cfg, SandboxRecords(self.db), self.network)
         self.info = RuntimeInfo(cfg, self.db, self.network.status)
+        self.images = ImageStore(self.db, cfg.state_dir, pull_config(cfg),
+                                 compression="" if cfg.image.compression == "none" else cfg.image.compression)
 
     async def start(self) -> None:
         if any(h.disable_thp for h in self.cfg.handlers.values()):
@@ -42,9 +47,22 @@ class Runtime:
     def grpc_server(self) -> grpc.aio.Server:
         return cri_server.build(
             runtime_impls=[RuntimeServicer(self.info), SandboxServicer(self.sandboxes)],
-            image_impls=[],
+            image_impls=[ImageServicer(self.images)],
         )
 
     async def close(self) -> None:
         await self.sandboxes.close()
+        await self.images.aclose()
         self.db.close()
+
+
+def pull_config(cfg: Config) -> PullConfig:
+    """The [image] and [registries.*] config tables as the registry client takes them."""
+    return PullConfig(
+        registries=[RegistryConfig(name=name, endpoints=list(r.endpoints), insecure=r.insecure, ca_file=r.ca_file,
+                                   skip_verify=r.skip_verify, fallback_to_origin=r.fallback_to_origin)
+                    for name, r in cfg.registries.items()],
+        platform=cfg.image.platform,
+        max_concurrent_downloads=cfg.image.max_concurrent_downloads,
+        retries=cfg.image.retries,
+    )
