@@ -166,6 +166,9 @@ class SandboxManager:
                 realtime_ns=time.time_ns(),
                 rng_seed=os.urandom(64),
             )
+            if net_guest:
+                await running.agent.setup_network(net_guest, hostname=sb.hostname,
+                                                  pod_ips=list(sb.network.get("ips", [])))
             sb.transition(SandboxState.READY)
             self.records.save(sb)
             undo.pop_all()
