@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    base = dfx.short_tmpdir("frkb-")
+    base = dfx.short_tmpdir()
     d = dfx.start(base, dfx.write_config(base))
     result: dict = {"machine": os.uname().release, "runs": args.runs}
     try:
@@ -111,6 +111,7 @@ def main() -> int:
                 c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=i))
     finally:
         dfx.stop(d)
+        dfx.cleanup_host(base)
 
     text = json.dumps(result, indent=2)
     print(text)

@@ -34,7 +34,7 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def short_tmpdir(prefix: str = "frk-") -> Path:
+def short_tmpdir(prefix: str = "fk") -> Path:
     """Unix socket paths are limited to 108 bytes: keep runtime dirs short."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
