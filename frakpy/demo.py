@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if vm:
         print(f"\nVM pid {vm.get('pid')} on {vm.get('accelerator')} ({vm.get('accelerator_reason')}), "
               f"agent over {vm.get('transport')}; boot: {vm.get('boot')}")
+    ip = info.get("status", {}).get("network", {}).get("ip", "")
+    if ip:
+        print(f"\n$ ping -c 2 {ip}    # the pod's IP, answered by the guest kernel through tap + tc redirect")
+        subprocess.run(["busybox", "ping", "-c", "2", "-W", "2", ip], check=False)
     if not args.keep:
         _frakpy("stopp", pod_id)
         _frakpy("rmp", pod_id)

@@ -45,3 +45,12 @@ fi
 
 say "guest: kernel and root filesystem (cached by content hash)"
 .venv/bin/python images/build.py
+
+# A pod network for a node that has none yet: bridge frakpy0 + host-local IPAM on 10.91.0.0/16
+# + portmap. Written only when /etc/cni/net.d holds no config (never overrides a cluster's CNI).
+.venv/bin/python - <<'PY'
+from frakpy.network.defaults import install_default
+path = install_default("/etc/cni/net.d")
+if path:
+    print(f"==> cni: installed the default pod network {path}")
+PY
