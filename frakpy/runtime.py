@@ -7,18 +7,20 @@ import logging
 import grpc
 
 from frakpy.config import Config
+from frakpy.container.manager import ContainerManager
 from frakpy.cri import server as cri_server
+from frakpy.cri.container import ContainerServicer
 from frakpy.cri.image import ImageServicer
 from frakpy.cri.runtime import RuntimeServicer
+from frakpy.cri.sandbox import SandboxServicer
 from frakpy.image.registry import PullConfig, RegistryConfig
 from frakpy.image.store import ImageStore
-from frakpy.cri.sandbox import SandboxServicer
 from frakpy.network.pod import PodNetwork
 from frakpy.runtime_status import RuntimeInfo
 from frakpy.sandbox.manager import SandboxManager
 from frakpy.sandbox.network import SandboxNetwork
 from frakpy.store.db import Database
-from frakpy.store.records import SandboxRecords
+from frakpy.store.records import ContainerRecords, SandboxRecords
 from frakpy.vm.qemu import disable_thp_for_children
 
 log = logging.getLogger("frakpy.runtime")
@@ -37,20 +39,25 @@ class Runtime:
         self.sandboxes = SandboxManager(cfg, SandboxRecords(self.db), self.network)
         self.info = RuntimeInfo(cfg, self.db, self.network.status)
         self.images = ImageStore(self.db, cfg.state_dir, pull_config(cfg),
-                                 compression="" if cfg.image.compression == "none" else cfg.image.compression)
+                                 compression="" if cfg.image.compression == "none" else cfg.image.compression,
+                                 in_use=lambda image_id: self.containers.image_in_use(image_id))
+        self.containers = ContainerManager(cfg, ContainerRecords(self.db), self.sandboxes, self.images)
 
     async def start(self) -> None:
         if any(h.disable_thp for h in self.cfg.handlers.values()):
             disable_thp_for_children()
         await self.sandboxes.recover()
+        await self.containers.recover()
 
     def grpc_server(self) -> grpc.aio.Server:
         return cri_server.build(
-            runtime_impls=[RuntimeServicer(self.info), SandboxServicer(self.sandboxes)],
+            runtime_impls=[RuntimeServicer(self.info), SandboxServicer(self.sandboxes),
+                           ContainerServicer(self.containers)],
             image_impls=[ImageServicer(self.images)],
         )
 
     async def close(self) -> None:
+        await self.containers.close()
         await self.sandboxes.close()
         await self.images.aclose()
         self.db.close()

@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from frakpy.container.model import Container, ContainerState
 from frakpy.cri.proto import api_pb2 as pb
 from frakpy.sandbox.manager import DNS, RunRequest
 from frakpy.sandbox.model import Sandbox, SandboxMetadata, SandboxState
@@ -86,3 +87,74 @@ def sandbox_filter(f: pb.PodSandboxFilter) -> dict[str, Any]:
         "state": _STATE_FROM_PB[f.state.state] if f.HasField("state") else None,
         "labels": dict(f.label_selector),
     }
+
+
+# --- containers ------------------------------------------------------------------------------
+
+_CSTATE_TO_PB = {
+    ContainerState.CREATED: pb.CONTAINER_CREATED, ContainerState.RUNNING: pb.CONTAINER_RUNNING,
+    ContainerState.EXITED: pb.CONTAINER_EXITED, ContainerState.UNKNOWN: pb.CONTAINER_UNKNOWN,
+}
+_CSTATE_FROM_PB = {v: k for k, v in _CSTATE_TO_PB.items()}
+
+
+def container_config(c: pb.ContainerConfig) -> dict[str, Any]:
+    """ContainerConfig as plain data for build_spec (KeyValue.value stays base64: spec.py decodes it)."""
+    return dict(json_format.MessageToDict(c, preserving_proto_field_name=True))
+
+
+def sandbox_config(c: pb.PodSandboxConfig) -> dict[str, Any]:
+    return dict(json_format.MessageToDict(c, preserving_proto_field_name=True))
+
+
+def _cmetadata(c: Container) -> pb.ContainerMetadata:
+    return pb.ContainerMetadata(name=c.metadata.name, attempt=c.metadata.attempt)
+
+
+def container(c: Container) -> pb.Container:
+    return pb.Container(
+        id=c.id, pod_sandbox_id=c.sandbox_id, metadata=_cmetadata(c), image=pb.ImageSpec(image=c.image_ref),
+        image_ref=c.image_id, image_id=c.image_id, state=_CSTATE_TO_PB[c.state], created_at=c.created_at,
+        labels=c.labels, annotations=c.annotations,
+    )
+
+
+def container_status(c: Container) -> pb.ContainerStatus:
+    return pb.ContainerStatus(
+        id=c.id, metadata=_cmetadata(c), state=_CSTATE_TO_PB[c.state], created_at=c.created_at,
+        started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
+        image=pb.ImageSpec(image=c.image_ref), image_ref=c.image_id, image_id=c.image_id,
+        reason=c.reason, message=c.message, labels=c.labels, annotations=c.annotations, log_path=c.log_path,
+    )
+
+
+def container_verbose_info(c: Container) -> dict[str, str]:
+    info = {"sandboxID": c.sandbox_id, "pid": c.pid, "imageMountId": c.image_mount_id,
+            "stopSignal": c.stop_signal, "outputOffset": c.output_offset, "config": c.config}
+    return {"info": json.dumps(info, sort_keys=True)}
+
+
+def container_filter(f: pb.ContainerFilter) -> dict[str, Any]:
+    return {
+        "id_prefix": f.id,
+        "state": _CSTATE_FROM_PB[f.state.state] if f.HasField("state") else None,
+        "sandbox_id": f.pod_sandbox_id,
+        "labels": dict(f.label_selector),
+    }
+
+
+def container_stats(c: Container, s: Any) -> pb.ContainerStats:
+    u64 = pb.UInt64Value
+    return pb.ContainerStats(
+        attributes=pb.ContainerAttributes(id=c.id, metadata=_cmetadata(c), labels=c.labels,
+                                          annotations=c.annotations),
+        cpu=pb.CpuUsage(timestamp=s.timestamp_ns, usage_core_nano_seconds=u64(value=s.cpu_usage_ns)),
+        memory=pb.MemoryUsage(
+            timestamp=s.timestamp_ns, working_set_bytes=u64(value=s.memory_working_set_bytes),
+            available_bytes=u64(value=s.memory_available_bytes), usage_bytes=u64(value=s.memory_usage_bytes),
+            rss_bytes=u64(value=s.memory_rss_bytes), page_faults=u64(value=s.page_faults),
+            major_page_faults=u64(value=s.major_page_faults)),
+        writable_layer=pb.FilesystemUsage(
+            timestamp=s.timestamp_ns, fs_id=pb.FilesystemIdentifier(mountpoint="/"),
+            used_bytes=u64(value=s.writable_layer_bytes), inodes_used=u64(value=s.writable_layer_inodes)),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from frakpy.container.model import Container
 from frakpy.sandbox.model import Sandbox
 from frakpy.store.db import Database
 
@@ -26,3 +27,20 @@ class SandboxRecords:
 
     def load_all(self) -> list[Sandbox]:
         return [Sandbox.from_doc(doc) for doc in self.db.docs("sandboxes")]
+
+
+class ContainerRecords:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def save(self, c: Container) -> None:
+        self.db.put("containers", {
+            "id": c.id, "sandbox_id": c.sandbox_id, "name": c.metadata.name,
+            "attempt": c.metadata.attempt, "doc": json.dumps(c.to_doc(), sort_keys=True),
+        })
+
+    def delete(self, container_id: str) -> None:
+        self.db.delete("containers", container_id)
+
+    def load_all(self) -> list[Container]:
+        return [Container.from_doc(doc) for doc in self.db.docs("containers")]

@@ -48,7 +48,7 @@ def install_test_network(base: Path) -> None:
     from frakpy.network.defaults import install_default
 
     octet = 1 + (int.from_bytes(base.name.encode(), "little") % 250)
-    install_default(str(base / "cni"), bridge=bridge_name(base), subnet=f"10.250.{octet}.0/24",
+    install_default(str(base / "cni"), bridge=bridge_name(base), subnet=f"10.251.{octet}.0/24",
                     data_dir=str(base / "ipam"), name=f"frakpy-test-{octet}")
 
 

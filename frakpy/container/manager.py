@@ -1,0 +1,469 @@
+"""Create, start, stop, remove and list containers inside pod VMs.
+
+The guest agent runs the containers; this side keeps the records, attaches each image to
+a sandbox's VM once (a read-only SCSI disk, refcounted per sandbox), pumps output into the
+CRI log file and learns about exits from one ``Events`` stream per sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal as signals
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frakpy.agent.client import AgentClient, ContainerStats, ExecResult
+from frakpy.agent.protocol import guestpaths as gp
+from frakpy.config import Config
+from frakpy.container.logs import CriLogWriter
+from frakpy.container.model import Container, ContainerMetadata, ContainerState
+from frakpy.container.spec import ImageConfig, build_spec
+from frakpy.errors import DeadlineExceeded, FailedPrecondition, FrakpyError, InvalidArgument, NotFound
+from frakpy.image.store import ImageStore
+from frakpy.sandbox.manager import SandboxManager
+from frakpy.sandbox.model import Sandbox, SandboxState
+from frakpy.sandbox.vmboot import RunningVM
+from frakpy.store.index import IdIndex, NameIndex
+from frakpy.store.records import ContainerRecords
+
+log = logging.getLogger("frakpy.container")
+
+KILL_WAIT_S = 10.0  # how long to wait for the exit event after SIGKILL
+
+
+def image_hex(image_id: str) -> str:
+    return image_id.split(":", 1)[-1]
+
+
+@dataclass
+class _SandboxState:
+    images: dict[str, int] = field(default_factory=dict)  # image mount id -> containers using it
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    events: asyncio.Task[None] | None = None
+
+
+class ContainerManager:
+    def __init__(self, cfg: Config, records: ContainerRecords, sandboxes: SandboxManager,
+                 images: ImageStore) -> None:
+        self.cfg = cfg
+        self.records = records
+        self.sandboxes = sandboxes
+        self.images = images
+        self.containers: IdIndex[Container] = IdIndex("container")
+        self.names = NameIndex("container")
+        self._sb: dict[str, _SandboxState] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._writers: dict[str, CriLogWriter] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        sandboxes.before_stop.append(self._before_sandbox_stop)
+        sandboxes.on_remove.append(self._on_sandbox_remove)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def _sbstate(self, sandbox_id: str) -> _SandboxState:
+        return self._sb.setdefault(sandbox_id, _SandboxState())
+
+    def _exit_event(self, cid: str) -> asyncio.Event:
+        return self._exited.setdefault(cid, asyncio.Event())
+
+    def image_in_use(self, image_id: str) -> bool:
+        return any(c.image_id == image_id for c in self.containers.values())
+
+    def get(self, container_id: str) -> Container:
+        return self.containers.get(container_id)
+
+    def _running_vm(self, sandbox_id: str) -> RunningVM | None:
+        running = self.sandboxes.running.get(sandbox_id)
+        if running is None or running.agent is None or _agent(running).closed:
+            return None
+        return running
+
+    def _vm_of(self, c: Container) -> RunningVM:
+        running = self._running_vm(c.sandbox_id)
+        if running is None:
+            raise FailedPrecondition(f"container {c.id}: its sandbox {c.sandbox_id[:12]} has no running VM")
+        return running
+
+    # -- CreateContainer --------------------------------------------------------------------------
+    async def create(self, sandbox_id: str, config: dict[str, Any], sandbox_config: dict[str, Any]) -> Container:
+        sb = self.sandboxes.sandboxes.find(sandbox_id) if sandbox_id else None
+        if sb is None or sb.state is SandboxState.CREATING:
+            raise NotFound(f"sandbox {sandbox_id!r} not found")
+        if sb.state is not SandboxState.READY:
+            raise FailedPrecondition(f"sandbox {sb.id} is not ready ({sb.state.value})")
+        running = self._running_vm(sb.id)
+        if running is None:
+            raise FailedPrecondition(f"sandbox {sb.id} has no running VM")
+        md = config.get("metadata") or {}
+        name = md.get("name", "")
+        if not name:
+            raise InvalidArgument("container metadata needs a name")
+        attempt = int(md.get("attempt", 0) or 0)
+        ref = (config.get("image") or {}).get("image", "")
+        if not ref:
+            raise InvalidArgument("container config has no image")
+        img = self.images.status(ref)
+        if img is None:
+            raise NotFound(f"image {ref!r} not found; pull it first")
+        if config.get("mounts"):
+            raise InvalidArgument("volumes are not supported yet")
+
+        cid = secrets.token_hex(32)
+        log_path = ""
+        if sb.log_directory and config.get("log_path"):
+            log_path = str(Path(sb.log_directory) / config["log_path"])
+        c = Container(
+            id=cid, sandbox_id=sb.id, metadata=ContainerMetadata(name, attempt), image_ref=ref, image_id=img.id,
+            labels=dict(config.get("labels") or {}), annotations=dict(config.get("annotations") or {}),
+            log_path=log_path, tty=bool(config.get("tty")), stdin=bool(config.get("stdin")), config=config,
+        )
+        self.names.reserve(c.name_key, cid)
+        async with AsyncExitStack() as undo:
+            undo.callback(self.names.release, c.name_key)
+            image_cfg = ImageConfig(entrypoint=list(img.entrypoint), cmd=list(img.cmd), env=list(img.env),
+                                    working_dir=img.working_dir, user=img.user, stop_signal=img.stop_signal,
+                                    labels=dict(img.labels))
+            spec = build_spec(config, sandbox_config or sb.config, image_cfg, container_id=cid, sandbox_id=sb.id,
+                              resolve_mount=_no_volumes, hostname=sb.hostname)
+            c.stop_signal = spec.get("annotations", {}).get(gp.ANN_STOP_SIGNAL, "SIGTERM")
+            c.image_mount_id = await self._acquire_image(sb.id, running, img.id, img.fsimage_path)
+            undo.push_async_callback(self._release_image, sb.id, c.image_mount_id)
+            self._ensure_events(sb.id, running)
+            c.pid = await _agent(running).create_container(cid, spec, image_mount_id=c.image_mount_id,
+                                                         stdin=c.stdin, tty=c.tty)
+            undo.push_async_callback(_suppressed, _agent(running).delete_container, cid)
+            c.created_at = time.time_ns()
+            self.records.save(c)
+            self.containers.add(cid, c)
+            undo.pop_all()
+        log.info("container %s (%s) created in sandbox %s", cid[:12], name, sb.id[:12])
+        return c
+
+    async def _acquire_image(self, sandbox_id: str, running: RunningVM, image_id: str, path: str) -> str:
+        hexid = image_hex(image_id)
+        mount_id, disk_id, serial = hexid[:12], f"img-{hexid[:12]}", hexid[:20]
+        st = self._sbstate(sandbox_id)
+        async with st.lock:
+            if st.images.get(mount_id, 0) > 0:
+                st.images[mount_id] += 1
+                return mount_id
+            async with AsyncExitStack() as undo:
+                await running.vm.qmp.add_disk(disk_id, Path(path), serial=serial, readonly=True)
+                undo.push_async_callback(_suppressed, running.vm.qmp.remove_disk, disk_id)
+                await _agent(running).mount_image(mount_id, serial)
+                undo.pop_all()
+            st.images[mount_id] = 1
+            return mount_id
+
+    async def _release_image(self, sandbox_id: str, mount_id: str) -> None:
+        st = self._sb.get(sandbox_id)
+        if st is None or not mount_id:
+            return
+        async with st.lock:
+            left = st.images.get(mount_id, 0) - 1
+            if left > 0:
+                st.images[mount_id] = left
+                return
+            st.images.pop(mount_id, None)
+            running = self._running_vm(sandbox_id)
+            if running is None:
+                return
+            try:
+                await _agent(running).unmount_image(mount_id)
+                await running.vm.qmp.remove_disk(f"img-{mount_id}")
+            except (FrakpyError, OSError) as exc:
+                log.warning("sandbox %s: releasing image %s failed: %s", sandbox_id[:12], mount_id, exc)
+
+    # -- exit events ------------------------------------------------------------------------------
+    def _ensure_events(self, sandbox_id: str, running: RunningVM) -> None:
+        st = self._sbstate(sandbox_id)
+        if st.events is None or st.events.done():
+            st.events = asyncio.ensure_future(self._watch_events(sandbox_id, running))
+
+    async def _watch_events(self, sandbox_id: str, running: RunningVM) -> None:
+        agent = running.agent
+        assert agent is not None
+        try:
+            async for ev in agent.events():
+                c = self.containers.find(ev.container_id) if ev.container_id else None
+                if ev.exec_id == "" and c is not None and c.id == ev.container_id and not c.finished_at:
+                    c.mark_exited(ev.exit_code, ev.exited_at_ns, oom_killed=ev.oom_killed)
+                    self.records.save(c)
+                    log.info("container %s exited with %d (%s)", c.id[:12], c.exit_code, c.reason)
+                    self._exit_event(c.id).set()
+                with contextlib.suppress(FrakpyError, OSError):
+                    await agent.ack_events(ev.seq)
+        except asyncio.CancelledError:
+            raise
+        except (FrakpyError, OSError) as exc:
+            log.debug("sandbox %s: event stream ended: %s", sandbox_id[:12], exc)
+        except Exception:
+            log.exception("sandbox %s: event stream failed", sandbox_id[:12])
+
+    # -- StartContainer ---------------------------------------------------------------------------
+    async def start(self, container_id: str) -> None:
+        c = self.get(container_id)
+        async with self._lock(c.id):
+            if c.state is not ContainerState.CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state.value}, not created")
+            running = self._vm_of(c)
+            self._ensure_events(c.sandbox_id, running)
+            if c.log_path:
+                self._writers[c.id] = CriLogWriter(c.log_path)
+            self._pumps[c.id] = asyncio.ensure_future(self._pump(c, running))
+            try:
+                started = await _agent(running).start_container(c.id)
+            except BaseException:
+                self._pumps.pop(c.id).cancel()
+                w = self._writers.pop(c.id, None)
+                if w is not None:
+                    w.close()
+                raise
+            if not c.finished_at:  # an exit event may already have arrived
+                c.started_at = started or time.time_ns()
+            self.records.save(c)
+        log.info("container %s started", c.id[:12])
+
+    async def _pump(self, c: Container, running: RunningVM) -> None:
+        """Copy the container's output to its CRI log until it exited and all was read."""
+        agent = running.agent
+        assert agent is not None
+        try:
+            async for chunk in agent.read_output(c.id, from_offset=c.output_offset):
+                w = self._writers.get(c.id)
+                if w is not None:
+                    w.write(chunk.stream.value, chunk.data, time_ns=chunk.time_ns or None, offset=chunk.offset)
+                    pending = w.pending_offset()
+                else:
+                    pending = None
+                done = chunk.end if pending is None else pending
+                if done > c.output_offset:
+                    c.output_offset = done
+                    c.stream_offsets[chunk.stream.value] = chunk.end
+                    self.records.save(c)
+                    with contextlib.suppress(FrakpyError, OSError):
+                        await agent.ack_output(c.id, done)
+        except asyncio.CancelledError:
+            raise
+        except (FrakpyError, OSError) as exc:
+            log.debug("container %s: output stream ended: %s", c.id[:12], exc)
+        except Exception:
+            log.exception("container %s: output pump failed", c.id[:12])
+        finally:
+            w = self._writers.get(c.id)
+            if w is not None:
+                w.flush_partial()
+
+    # -- StopContainer ----------------------------------------------------------------------------
+    async def stop(self, container_id: str, timeout: int = 0) -> None:  # noqa: ASYNC109
+        c = self.containers.find(container_id)
+        if c is None:
+            raise NotFound(f"container {container_id!r} not found")
+        await self._stop(c, timeout)
+
+    async def _stop(self, c: Container, timeout: float) -> None:  # noqa: ASYNC109
+        if c.state is not ContainerState.RUNNING:
+            return
+        running = self._running_vm(c.sandbox_id)
+        if running is None:
+            c.mark_unknown("sandbox VM is not running")
+            self.records.save(c)
+            return
+        exited = self._exit_event(c.id)
+        if timeout > 0:
+            sig = _signal_number(c.stop_signal)
+            try:
+                await _agent(running).signal_container(c.id, sig)
+            except NotFound:
+                pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(exited.wait(), timeout)
+        if not c.finished_at:
+            with contextlib.suppress(NotFound):
+                await _agent(running).signal_container(c.id, signals.SIGKILL, all=True)
+            try:
+                await asyncio.wait_for(exited.wait(), KILL_WAIT_S)
+            except TimeoutError:
+                await self._poll_state(c, running)
+        if not c.finished_at:
+            raise DeadlineExceeded(f"container {c.id} did not exit {KILL_WAIT_S}s after SIGKILL")
+
+    async def _poll_state(self, c: Container, running: RunningVM) -> None:
+        """The exit event did not come: ask the agent directly."""
+        try:
+            st = await _agent(running).container_state(c.id)
+        except (FrakpyError, OSError):
+            return
+        if st.finished_at_ns and not c.finished_at:
+            c.mark_exited(st.exit_code, st.finished_at_ns, oom_killed=st.oom_killed)
+            self.records.save(c)
+            self._exit_event(c.id).set()
+
+    # -- RemoveContainer --------------------------------------------------------------------------
+    async def remove(self, container_id: str) -> None:
+        c = self.containers.find(container_id)
+        if c is None:
+            return
+        async with self._lock(c.id):
+            if c.state is ContainerState.RUNNING:
+                await self._stop(c, 0)
+            running = self._running_vm(c.sandbox_id)
+            if running is not None:
+                with contextlib.suppress(NotFound):
+                    await _agent(running).delete_container(c.id)
+            await self._forget(c)
+        self._locks.pop(c.id, None)
+
+    async def _forget(self, c: Container) -> None:
+        pump = self._pumps.pop(c.id, None)
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+        w = self._writers.pop(c.id, None)
+        if w is not None:
+            w.close()
+        await self._release_image(c.sandbox_id, c.image_mount_id)
+        self.records.delete(c.id)
+        self.containers.remove(c.id)
+        self.names.release(c.name_key)
+        self._exited.pop(c.id, None)
+
+    # -- ExecSync / logs / stats ------------------------------------------------------------------
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: int = 0) -> ExecResult:  # noqa: ASYNC109
+        c = self.get(container_id)
+        if c.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running ({c.state.value})")
+        if not cmd:
+            raise InvalidArgument("exec: cmd is empty")
+        running = self._vm_of(c)
+        result = await _agent(running).exec_sync(c.id, cmd, timeout_s=max(0, int(timeout)))
+        if result.timed_out:
+            raise DeadlineExceeded(f"command {cmd!r} in container {c.id[:12]} timed out after {timeout}s")
+        return result
+
+    async def reopen_log(self, container_id: str) -> None:
+        c = self.get(container_id)
+        if c.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running")
+        w = self._writers.get(c.id)
+        if w is None:
+            if not c.log_path:
+                return
+            self._writers[c.id] = CriLogWriter(c.log_path)
+            return
+        w.reopen()
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        c = self.get(container_id)
+        running = self._vm_of(c)
+        return await _agent(running).container_stats(c.id)
+
+    # -- listing ----------------------------------------------------------------------------------
+    def list(self, id_prefix: str = "", state: ContainerState | None = None, sandbox_id: str = "",
+             labels: dict[str, str] | None = None) -> list[Container]:
+        out = []
+        for c in self.containers.values():
+            if id_prefix and not c.id.startswith(id_prefix):
+                continue
+            if state is not None and c.state is not state:
+                continue
+            if sandbox_id and not c.sandbox_id.startswith(sandbox_id):
+                continue
+            if labels and any(c.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(c)
+        return sorted(out, key=lambda c: c.created_at)
+
+    # -- sandbox hooks ----------------------------------------------------------------------------
+    async def _before_sandbox_stop(self, sb: Sandbox, running: RunningVM | None) -> None:
+        mine = [c for c in self.containers.values() if c.sandbox_id == sb.id]
+        for c in mine:
+            try:
+                await self._stop(c, 0)
+            except (FrakpyError, OSError) as exc:
+                log.warning("container %s: stop with its sandbox failed: %s", c.id[:12], exc)
+                c.mark_unknown(f"stopped with its sandbox: {exc}")
+                self.records.save(c)
+        # give the pumps a moment to drain what is left, then close them
+        pumps = [self._pumps[c.id] for c in mine if c.id in self._pumps]
+        if pumps:
+            await asyncio.wait(pumps, timeout=2.0)
+        for c in mine:
+            pump = self._pumps.pop(c.id, None)
+            if pump is not None:
+                pump.cancel()
+            w = self._writers.pop(c.id, None)
+            if w is not None:
+                w.close()
+        st = self._sb.pop(sb.id, None)
+        if st is not None and st.events is not None:
+            st.events.cancel()
+
+    async def _on_sandbox_remove(self, sb: Sandbox) -> None:
+        for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
+            await self._forget(c)
+        self._sb.pop(sb.id, None)
+
+    # -- restart ----------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Reload records after a daemon restart (run after the sandbox manager's recover)."""
+        for c in self.records.load_all():
+            self.containers.add(c.id, c)
+            self.names.reserve(c.name_key, c.id)
+            running = self._running_vm(c.sandbox_id)
+            if running is None:
+                if c.state is ContainerState.RUNNING:
+                    c.mark_unknown("sandbox VM is not running after restart")
+                    self.records.save(c)
+                continue
+            st = self._sbstate(c.sandbox_id)
+            st.images[c.image_mount_id] = st.images.get(c.image_mount_id, 0) + 1
+            self._ensure_events(c.sandbox_id, running)
+            if c.state is ContainerState.RUNNING or (c.state is ContainerState.EXITED and c.started_at):
+                if c.log_path:
+                    self._writers[c.id] = CriLogWriter(c.log_path)
+                self._pumps[c.id] = asyncio.ensure_future(self._pump(c, running))
+
+    async def close(self) -> None:
+        for task in [*self._pumps.values(), *(s.events for s in self._sb.values() if s.events)]:
+            task.cancel()
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+
+def _agent(running: RunningVM) -> AgentClient:
+    if running.agent is None:
+        raise FailedPrecondition("the sandbox's agent is not connected")
+    return running.agent
+
+
+def _no_volumes(host_path: str) -> str:
+    raise InvalidArgument("volumes are not supported yet")
+
+
+def _signal_number(name: str) -> int:
+    try:
+        return int(signals.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        with contextlib.suppress(ValueError):
+            return int(name)
+        return int(signals.SIGTERM)
+
+
+async def _suppressed(fn: Any, *args: Any) -> None:
+    try:
+        await fn(*args)
+    except (TimeoutError, FrakpyError, OSError) as exc:
+        log.warning("undo %s failed: %s", getattr(fn, "__name__", fn), exc)
+
