@@ -1,7 +1,8 @@
 """Write container output in the CRI log format kubelet reads.
 
 Each line is ``<RFC3339Nano time> <stdout|stderr> <P|F> <text>\\n``. Output is split at
-newlines; a full line is tagged F. A line still without newline is held per stream and
+newlines; a full line is tagged F (one over :data:`MAX_PARTIAL` bytes is split into P pieces
+ending in F). A line still without newline is held per stream and
 written as P once it exceeds :data:`MAX_PARTIAL` bytes, or as F when the stream ends.
 """
 
@@ -69,7 +70,11 @@ class CriLogWriter:
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
-            out.append(self._line(ts if pos == 0 else now, stream, "F", buf[pos:nl]))
+            line_ts = ts if pos == 0 else now
+            while nl - pos > self.max_partial:  # an over-long full line is split like containerd's
+                out.append(self._line(line_ts, stream, "P", buf[pos:pos + self.max_partial]))
+                pos += self.max_partial
+            out.append(self._line(line_ts, stream, "F", buf[pos:nl]))
             pos = nl + 1
         rest = buf[pos:]
         rest_offset = start if pos == 0 else offset + len(data) - len(rest)
