@@ -1,8 +1,11 @@
-"""The README's main job: frakpyd up, a pod VM running through CRI, its facts shown.
+"""The README's main job: frakpyd up, a pod VM and a container in it, output shown.
 
-Starts frakpyd in the background on the default socket unless one already answers there,
-then drives it with the `frakpy` CLI exactly as a user would. The pod is removed at the end
-unless --keep is given; the daemon stays up for further `frakpy` commands.
+There is no internet here, so the demo serves its own image: a local registry on
+127.0.0.1:5055 (Debian's docker-registry) holding a busybox image built by frakpy's test
+image builder, declared as a plain-HTTP registry in /etc/frakpy/config.toml. It starts
+frakpyd on the default socket (restarting one that lacks that registry: pods survive a
+restart), then drives it with the `frakpy` CLI exactly as a user would. The pod is removed
+at the end unless --keep is given; the daemon and the registry stay up.
 """
 
 from __future__ import annotations
@@ -58,11 +61,86 @@ def ensure_daemon(log_path: Path) -> None:
         time.sleep(0.1)
 
 
+DEMO_REGISTRY = "127.0.0.1:5055"
+DEMO_IMAGE = f"{DEMO_REGISTRY}/demo/busybox:latest"
+CONFIG = Path("/etc/frakpy/config.toml")
+
+
+def ensure_config() -> bool:
+    """Declare the demo registry in the config; True when the file changed."""
+    text = CONFIG.read_text() if CONFIG.exists() else ""
+    if f'[registries."{DEMO_REGISTRY}"]' in text:
+        return False
+    CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    CONFIG.write_text(text + f'\n# added by the frakpy demo: its local registry speaks plain HTTP\n'
+                             f'[registries."{DEMO_REGISTRY}"]\ninsecure = true\n')
+    from frakpy import config as cfgmod
+
+    cfgmod.load(CONFIG)  # fail loudly here rather than in the daemon
+    print(f"declared the demo registry {DEMO_REGISTRY} in {CONFIG}")
+    return True
+
+
+def ensure_registry() -> None:
+    import asyncio
+    import socket
+
+    from frakpy.image import testimages
+    from frakpy.image.push import push_layout
+    from frakpy.image.registry import PullConfig, RegistryConfig
+
+    host, port = DEMO_REGISTRY.split(":")
+    root = Path("/var/lib/frakpy/demo-registry")
+    try:
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+    except OSError:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.yml").write_text(
+            "version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\n"
+            f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}}}\nhttp: {{addr: {DEMO_REGISTRY}}}\n")
+        subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdin=subprocess.DEVNULL,
+                         stdout=open(root / "registry.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"the demo registry did not start; see {root / 'registry.log'}")
+                time.sleep(0.1)
+        print(f"started a local registry on {DEMO_REGISTRY} (data in {root})")
+    layout = Path("/var/cache/frakpy/demo-image")
+    if not (layout / "index.json").exists():
+        testimages.busybox_layout(layout, dynamic=True)
+    cfg = PullConfig(registries=[RegistryConfig(name=DEMO_REGISTRY, insecure=True)])
+    asyncio.run(push_layout(layout, DEMO_IMAGE, config=cfg))
+
+
+def restart_daemon(log_path: Path) -> None:
+    lock = Path(resolve_endpoint(None).removeprefix("unix://") + ".lock")
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    print(f"restarting frakpyd (pid {pid}) to load the new config; pods keep running")
+    os.kill(pid, 15)
+    deadline = time.monotonic() + 30
+    while _daemon_up(resolve_endpoint(None)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ensure_daemon(log_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="frakpy-demo")
     p.add_argument("--keep", action="store_true", help="leave the demo pod running")
     args = p.parse_args(argv)
-    ensure_daemon(Path("/run/frakpy/frakpyd.log"))
+    log_path = Path("/run/frakpy/frakpyd.log")
+    changed = ensure_config()
+    ensure_registry()
+    ensure_daemon(log_path)
+    if changed:
+        restart_daemon(log_path)
     _frakpy("version")
     work = Path(tempfile.mkdtemp(prefix="frakpy-demo-"))
     pod = {
@@ -86,6 +164,27 @@ def main(argv: list[str] | None = None) -> int:
     if ip:
         print(f"\n$ ping -c 2 {ip}    # the pod's IP, answered by the guest kernel through tap + tc redirect")
         subprocess.run(["busybox", "ping", "-c", "2", "-W", "2", ip], check=False)
+    _frakpy("pull", DEMO_IMAGE)
+    ctr = {
+        "metadata": {"name": "hello", "attempt": 0},
+        "image": {"image": DEMO_IMAGE},
+        "command": ["sh", "-c",
+                    "echo hello from $(hostname), kernel $(uname -r); "
+                    "echo my address: $(ip -4 -o addr show eth0 | awk '{print $4}'); exec sleep 3600"],
+        "log_path": "hello.log",
+        "linux": {},
+    }
+    ctr_file = work / "container.json"
+    ctr_file.write_text(json.dumps(ctr, indent=2))
+    t0 = time.monotonic()
+    ctr_id = _frakpy("create", pod_id, str(ctr_file), str(pod_file), capture=True).strip()
+    _frakpy("start", ctr_id)
+    print(f"(CreateContainer + StartContainer took {time.monotonic() - t0:.2f}s)")
+    time.sleep(1.0)
+    _frakpy("ps")
+    _frakpy("logs", ctr_id)
+    _frakpy("exec", ctr_id, "ps")
+    print()
     if not args.keep:
         _frakpy("stopp", pod_id)
         _frakpy("rmp", pod_id)
