@@ -143,8 +143,10 @@ def _with_parents(entries: Iterable[Entry]) -> list[Entry]:
 
 
 def write_tar(entries: Iterable[Entry], out: IO[bytes]) -> None:
+    ordered = _with_parents(entries)
+    by_path = {e.path.strip("/"): e for e in ordered}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in _with_parents(entries):
+        for entry in ordered:
             info = tarfile.TarInfo(entry.path.strip("/"))
             info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, entry.mtime
             info.uname = info.gname = ""
@@ -160,6 +162,11 @@ def write_tar(entries: Iterable[Entry], out: IO[bytes]) -> None:
                 tar.addfile(info)
             elif entry.kind == "hardlink":
                 info.type, info.linkname = tarfile.LNKTYPE, entry.target.strip("/")
+                target = by_path.get(info.linkname)
+                if target is not None:
+                    # a hard link shares its target's inode: runtimes that apply the link
+                    # header's mode (containerd does) must not see a different one
+                    info.mode, info.uid, info.gid = target.mode, target.uid, target.gid
                 tar.addfile(info)
             elif entry.source is not None:
                 info.size = entry.source.stat().st_size
