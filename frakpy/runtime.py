@@ -51,7 +51,7 @@ class Runtime:
 
     def grpc_server(self) -> grpc.aio.Server:
         return cri_server.build(
-            runtime_impls=[RuntimeServicer(self.info), SandboxServicer(self.sandboxes),
+            runtime_impls=[RuntimeServicer(self.info), SandboxServicer(self.sandboxes, self.containers),
                            ContainerServicer(self.containers)],
             image_impls=[ImageServicer(self.images)],
         )

@@ -114,6 +114,7 @@ class ContainerState:
     finished_at_ns: int
     oom_killed: bool
     output_offset: int
+    termination_message: bytes = b""  # first 4096 bytes of its termination-log, once exited
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,8 @@ class AgentClient:
         return ContainerState(container_id=r.container_id, status=_STATUS.get(r.status, ContainerStatus.UNKNOWN),
                               pid=r.pid, exit_code=r.exit_code, created_at_ns=r.created_at_ns,
                               started_at_ns=r.started_at_ns, finished_at_ns=r.finished_at_ns,
-                              oom_killed=r.oom_killed, output_offset=r.output_offset)
+                              oom_killed=r.oom_killed, output_offset=r.output_offset,
+                              termination_message=r.termination_message)
 
     async def update_container_resources(self, container_id: str, resources: Mapping[str, Any] | bytes | str,
                                          *, timeout: float | None = None) -> None:  # noqa: ASYNC109

@@ -88,6 +88,11 @@ class CriLogWriter:
             self._file.write(b"".join(out))
             self._file.flush()
 
+    def size(self) -> int:
+        """Bytes in the file so far (what the resume point of its container covers)."""
+        assert self._file is not None
+        return self._file.tell()
+
     def pending_offset(self) -> int | None:
         """Lowest combined-output offset not yet in the file (held partial lines), if any."""
         return min((p.offset for p in self._pending.values()), default=None)

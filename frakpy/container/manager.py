@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal as signals
@@ -18,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frakpy.agent.client import AgentClient, ContainerStats, ExecResult
+from frakpy.agent.client import AgentClient, ContainerStats, ExecResult, SandboxStats
 from frakpy.agent.protocol import guestpaths as gp
 from frakpy.config import Config
 from frakpy.container.logs import CriLogWriter
 from frakpy.container.model import Container, ContainerMetadata, ContainerState
-from frakpy.container.spec import ImageConfig, build_spec
+from frakpy.container.spec import ImageConfig, build_spec, oci_resources
 from frakpy.errors import DeadlineExceeded, FailedPrecondition, FrakpyError, InvalidArgument, NotFound
+from frakpy.events import ContainerEvent, ContainerEventType, EventBus
 from frakpy.image.store import ImageStore
 from frakpy.sandbox.manager import SandboxManager
 from frakpy.sandbox.model import Sandbox, SandboxState
@@ -35,6 +37,9 @@ from frakpy.store.records import ContainerRecords
 log = logging.getLogger("frakpy.container")
 
 KILL_WAIT_S = 10.0  # how long to wait for the exit event after SIGKILL
+TERMINATION_MESSAGE_MAX = 4096  # kubelet's cap on a termination message
+FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the last lines of the log (kubelet's numbers)
+POLICY_ANNOTATION = "io.kubernetes.container.terminationMessagePolicy"
 
 
 def image_hex(image_id: str) -> str:
@@ -62,6 +67,7 @@ class ContainerManager:
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._writers: dict[str, CriLogWriter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.events = EventBus()
         sandboxes.before_stop.append(self._before_sandbox_stop)
         sandboxes.on_remove.append(self._on_sandbox_remove)
 
@@ -74,6 +80,9 @@ class ContainerManager:
 
     def _exit_event(self, cid: str) -> asyncio.Event:
         return self._exited.setdefault(cid, asyncio.Event())
+
+    def _publish(self, kind: ContainerEventType, c: Container) -> None:
+        self.events.publish(ContainerEvent(kind, c.id, c.sandbox_id, time.time_ns(), dataclasses.replace(c)))
 
     def image_in_use(self, image_id: str) -> bool:
         return any(c.image_id == image_id for c in self.containers.values())
@@ -145,6 +154,7 @@ class ContainerManager:
             self.records.save(c)
             self.containers.add(cid, c)
             undo.pop_all()
+        self._publish(ContainerEventType.CREATED, c)
         log.info("container %s (%s) created in sandbox %s", cid[:12], name, sb.id[:12])
         return c
 
@@ -196,10 +206,12 @@ class ContainerManager:
             async for ev in agent.events():
                 c = self.containers.find(ev.container_id) if ev.container_id else None
                 if ev.exec_id == "" and c is not None and c.id == ev.container_id and not c.finished_at:
-                    c.mark_exited(ev.exit_code, ev.exited_at_ns, oom_killed=ev.oom_killed)
-                    self.records.save(c)
-                    log.info("container %s exited with %d (%s)", c.id[:12], c.exit_code, c.reason)
-                    self._exit_event(c.id).set()
+                    message = await self._termination_message(c, running, ev.exit_code)
+                    if not c.finished_at:
+                        c.mark_exited(ev.exit_code, ev.exited_at_ns, oom_killed=ev.oom_killed)
+                        c.message = message
+                        self._exited_now(c)
+                        log.info("container %s exited with %d (%s)", c.id[:12], c.exit_code, c.reason)
                 with contextlib.suppress(FrakpyError, OSError):
                     await agent.ack_events(ev.seq)
         except asyncio.CancelledError:
@@ -208,6 +220,33 @@ class ContainerManager:
             log.debug("sandbox %s: event stream ended: %s", sandbox_id[:12], exc)
         except Exception:
             log.exception("sandbox %s: event stream failed", sandbox_id[:12])
+
+    def _exited_now(self, c: Container) -> None:
+        self.records.save(c)
+        self._exit_event(c.id).set()
+        self._publish(ContainerEventType.STOPPED, c)
+
+    async def _termination_message(self, c: Container, running: RunningVM, exit_code: int) -> str:
+        """The container's termination-log (first 4096 bytes), read from the guest once it exited;
+        with FallbackToLogsOnError and an empty file after a failure, the tail of its log."""
+        data = b""
+        try:
+            st = await _agent(running).container_state(c.id, timeout=5.0)
+            data = st.termination_message[:TERMINATION_MESSAGE_MAX]
+        except (FrakpyError, OSError, TimeoutError) as exc:
+            log.debug("container %s: termination message not read: %s", c.id[:12], exc)
+        if data or exit_code == 0 or not c.log_path:
+            return data.decode(errors="replace")
+        policy = c.annotations.get(POLICY_ANNOTATION) or (c.config.get("annotations") or {}).get(POLICY_ANNOTATION)
+        if policy != "FallbackToLogsOnError":
+            return ""
+        pump = self._pumps.get(c.id)
+        if pump is not None:  # let the output of its last moments reach the log
+            await asyncio.wait({pump}, timeout=2.0)
+        w = self._writers.get(c.id)
+        if w is not None:
+            w.flush_partial()
+        return _log_tail(c.log_path)
 
     # -- StartContainer ---------------------------------------------------------------------------
     async def start(self, container_id: str) -> None:
@@ -219,6 +258,7 @@ class ContainerManager:
             self._ensure_events(c.sandbox_id, running)
             if c.log_path:
                 self._writers[c.id] = CriLogWriter(c.log_path)
+                c.log_size = self._writers[c.id].size()
             self._pumps[c.id] = asyncio.ensure_future(self._pump(c, running))
             try:
                 started = await _agent(running).start_container(c.id)
@@ -231,6 +271,7 @@ class ContainerManager:
             if not c.finished_at:  # an exit event may already have arrived
                 c.started_at = started or time.time_ns()
             self.records.save(c)
+            self._publish(ContainerEventType.STARTED, c)
         log.info("container %s started", c.id[:12])
 
     async def _pump(self, c: Container, running: RunningVM) -> None:
@@ -248,6 +289,8 @@ class ContainerManager:
                 done = chunk.end if pending is None else pending
                 if done > c.output_offset:
                     c.output_offset = done
+                    if w is not None:
+                        c.log_size = w.size()
                     c.stream_offsets[chunk.stream.value] = chunk.end
                     self.records.save(c)
                     with contextlib.suppress(FrakpyError, OSError):
@@ -276,7 +319,7 @@ class ContainerManager:
         running = self._running_vm(c.sandbox_id)
         if running is None:
             c.mark_unknown("sandbox VM is not running")
-            self.records.save(c)
+            self._exited_now(c)
             return
         exited = self._exit_event(c.id)
         if timeout > 0:
@@ -305,8 +348,8 @@ class ContainerManager:
             return
         if st.finished_at_ns and not c.finished_at:
             c.mark_exited(st.exit_code, st.finished_at_ns, oom_killed=st.oom_killed)
-            self.records.save(c)
-            self._exit_event(c.id).set()
+            c.message = st.termination_message[:TERMINATION_MESSAGE_MAX].decode(errors="replace")
+            self._exited_now(c)
 
     # -- RemoveContainer --------------------------------------------------------------------------
     async def remove(self, container_id: str) -> None:
@@ -337,6 +380,7 @@ class ContainerManager:
         self.containers.remove(c.id)
         self.names.release(c.name_key)
         self._exited.pop(c.id, None)
+        self._publish(ContainerEventType.DELETED, c)
 
     # -- ExecSync / logs / stats ------------------------------------------------------------------
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: int = 0) -> ExecResult:  # noqa: ASYNC109
@@ -359,14 +403,47 @@ class ContainerManager:
         if w is None:
             if not c.log_path:
                 return
-            self._writers[c.id] = CriLogWriter(c.log_path)
-            return
-        w.reopen()
+            w = self._writers[c.id] = CriLogWriter(c.log_path)
+        else:
+            w.reopen()
+        c.log_size = w.size()  # the resume point now covers the new file
+        self.records.save(c)
+
+    async def update_resources(self, container_id: str, linux: dict[str, Any]) -> None:
+        """UpdateContainerResources: the CRI LinuxContainerResources as OCI resources, applied
+        with ``crun update`` in the guest; the record keeps them for ContainerStatus."""
+        c = self.get(container_id)
+        async with self._lock(c.id):
+            if c.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise FailedPrecondition(f"container {c.id} is {c.state.value}: its resources cannot change")
+            running = self._vm_of(c)
+            resources = oci_resources(linux)
+            await _agent(running).update_container_resources(c.id, resources)
+            c.config.setdefault("linux", {})["resources"] = dict(linux)
+            self.records.save(c)
+        log.info("container %s: resources updated: %s", c.id[:12], resources)
 
     async def stats(self, container_id: str) -> ContainerStats:
         c = self.get(container_id)
         running = self._vm_of(c)
         return await _agent(running).container_stats(c.id)
+
+    async def sandbox_stats(self, sandbox_id: str) -> tuple[SandboxStats, list[tuple[Container, ContainerStats]]]:
+        """The pod VM's own numbers and those of its running containers."""
+        running = self._running_vm(sandbox_id)
+        if running is None:
+            raise FailedPrecondition(f"sandbox {sandbox_id[:12]} has no running VM")
+        agent = _agent(running)
+        vm = await agent.sandbox_stats()
+        per: list[tuple[Container, ContainerStats]] = []
+        for c in self.list(sandbox_id=sandbox_id, state=ContainerState.RUNNING):
+            if c.sandbox_id != sandbox_id:
+                continue
+            try:
+                per.append((c, await agent.container_stats(c.id)))
+            except FrakpyError:
+                continue  # exited meanwhile
+        return vm, per
 
     # -- listing ----------------------------------------------------------------------------------
     def list(self, id_prefix: str = "", state: ContainerState | None = None, sandbox_id: str = "",
@@ -393,7 +470,7 @@ class ContainerManager:
             except (FrakpyError, OSError) as exc:
                 log.warning("container %s: stop with its sandbox failed: %s", c.id[:12], exc)
                 c.mark_unknown(f"stopped with its sandbox: {exc}")
-                self.records.save(c)
+                self._exited_now(c)
         # give the pumps a moment to drain what is left, then close them
         pumps = [self._pumps[c.id] for c in mine if c.id in self._pumps]
         if pumps:
@@ -431,6 +508,7 @@ class ContainerManager:
             self._ensure_events(c.sandbox_id, running)
             if c.state is ContainerState.RUNNING or (c.state is ContainerState.EXITED and c.started_at):
                 if c.log_path:
+                    _truncate_unrecorded(c)
                     self._writers[c.id] = CriLogWriter(c.log_path)
                 self._pumps[c.id] = asyncio.ensure_future(self._pump(c, running))
 
@@ -446,6 +524,41 @@ def _agent(running: RunningVM) -> AgentClient:
     if running.agent is None:
         raise FailedPrecondition("the sandbox's agent is not connected")
     return running.agent
+
+
+def _log_tail(path: str, lines: int = FALLBACK_LOG_LINES, limit: int = TERMINATION_MESSAGE_MAX) -> str:
+    """The text of the last ``lines`` CRI log lines (at most ``limit`` bytes), as kubelet does."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            raw = f.read()
+    except OSError:
+        return ""
+    out: list[bytes] = []
+    for line in raw.splitlines()[-lines:]:
+        parts = line.split(b" ", 3)
+        if len(parts) == 4:
+            out.append(parts[3] + (b"\n" if parts[2] == b"F" else b""))
+    return b"".join(out)[-limit:].decode(errors="replace")
+
+
+def _truncate_unrecorded(c: Container) -> None:
+    """Log lines past the recorded resume point were written before a crash could record
+    them: the agent still holds that output (it was never acknowledged) and sends it again."""
+    if c.log_size < 0:
+        return
+    try:
+        with open(c.log_path, "r+b") as f:
+            f.seek(0, 2)
+            if f.tell() > c.log_size:
+                log.info("container %s: dropping %d unrecorded log bytes", c.id[:12], f.tell() - c.log_size)
+                f.truncate(c.log_size)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("container %s: log %s not truncated: %s", c.id[:12], c.log_path, exc)
 
 
 def _no_volumes(host_path: str) -> str:

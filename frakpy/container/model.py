@@ -56,6 +56,9 @@ class Container:
     output_offset: int = 0
     # per-stream offsets of the last byte written to the log, for diagnostics
     stream_offsets: dict[str, int] = field(default_factory=dict)
+    # size of the log file when output_offset was saved (-1: unknown); on restart what lies
+    # beyond it was written but not recorded, and is truncated away before the output is re-read
+    log_size: int = -1
     config: dict[str, Any] = field(default_factory=dict)  # the CRI ContainerConfig as a dict
 
     @property

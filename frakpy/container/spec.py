@@ -388,7 +388,17 @@ def _ns_entry(kind: str, mode: str, ns: Mapping[str, Any]) -> list[dict[str, str
 def with_resources(spec: dict[str, Any], inputs: Inputs) -> None:
     """LinuxContainerResources for cgroup v2 through crun (it turns cpu.shares into weight)."""
     r = _dig(inputs.container, "linux", "resources")
-    out: dict[str, Any] = {"devices": _device_rules(inputs.privileged)}
+    out: dict[str, Any] = {"devices": _device_rules(inputs.privileged), **oci_resources(r)}
+    if inputs.pids_limit and inputs.pids_limit > 0:
+        out["pids"] = {"limit": inputs.pids_limit}
+    if r.get("hugepage_limits"):
+        _note(spec, "hugepage_limits ignored: the pod VM has no huge pages reserved")
+    spec["linux"]["resources"] = out
+
+
+def oci_resources(r: Mapping[str, Any]) -> dict[str, Any]:
+    """CRI LinuxContainerResources (as a dict) -> OCI linux.resources cpu/memory/unified."""
+    out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     for src, dst in (("cpu_shares", "shares"), ("cpu_quota", "quota"), ("cpu_period", "period")):
         value = _int(r.get(src, 0), f"resources.{src}")
@@ -403,13 +413,9 @@ def with_resources(spec: dict[str, Any], inputs: Inputs) -> None:
     if limit > 0:
         swap = _int(r.get("memory_swap_limit_in_bytes", 0), "resources.memory_swap_limit_in_bytes")
         out["memory"] = {"limit": limit, "swap": swap if swap > 0 else limit}
-    if inputs.pids_limit and inputs.pids_limit > 0:
-        out["pids"] = {"limit": inputs.pids_limit}
     if r.get("unified"):
         out["unified"] = dict(r["unified"])
-    if r.get("hugepage_limits"):
-        _note(spec, "hugepage_limits ignored: the pod VM has no huge pages reserved")
-    spec["linux"]["resources"] = out
+    return out
 
 
 def with_devices(spec: dict[str, Any], inputs: Inputs) -> None:

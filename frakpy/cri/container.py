@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from frakpy.container.manager import ContainerManager
@@ -9,6 +10,12 @@ from frakpy.container.model import ContainerState
 from frakpy.cri import convert
 from frakpy.cri.proto import api_pb2 as pb
 from frakpy.errors import FrakpyError
+from frakpy.events import ContainerEventType
+
+_EVENT_TO_PB = {
+    ContainerEventType.CREATED: pb.CONTAINER_CREATED_EVENT, ContainerEventType.STARTED: pb.CONTAINER_STARTED_EVENT,
+    ContainerEventType.STOPPED: pb.CONTAINER_STOPPED_EVENT, ContainerEventType.DELETED: pb.CONTAINER_DELETED_EVENT,
+}
 
 
 class ContainerServicer:
@@ -73,3 +80,20 @@ class ContainerServicer:
             out.append(convert.container_stats(c, s))
         return pb.ListContainerStatsResponse(stats=out)
 
+
+    async def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                       context: Any) -> pb.UpdateContainerResourcesResponse:
+        linux = convert.linux_resources(request.linux) if request.HasField("linux") else {}
+        await self.containers.update_resources(request.container_id, linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def GetContainerEvents(self, request: pb.GetEventsRequest,
+                                 context: Any) -> AsyncIterator[pb.ContainerEventResponse]:
+        sandboxes = self.containers.sandboxes.sandboxes
+        async for ev in self.containers.events.subscribe():
+            sb = sandboxes.find(ev.sandbox_id)
+            yield pb.ContainerEventResponse(
+                container_id=ev.container_id, container_event_type=_EVENT_TO_PB[ev.type], created_at=ev.created_at,
+                pod_sandbox_status=convert.pod_sandbox_status(sb) if sb is not None else None,
+                containers_statuses=[convert.container_status(ev.container)],
+            )

@@ -143,6 +143,31 @@ def container_filter(f: pb.ContainerFilter) -> dict[str, Any]:
     }
 
 
+def linux_resources(r: pb.LinuxContainerResources) -> dict[str, Any]:
+    return dict(json_format.MessageToDict(r, preserving_proto_field_name=True))
+
+
+def pod_sandbox_stats(sb: Sandbox, vm: Any, per: list[tuple[Container, Any]]) -> pb.PodSandboxStats:
+    u64 = pb.UInt64Value
+    ts = vm.timestamp_ns
+    ifaces = [pb.NetworkInterfaceUsage(name=i.name, rx_bytes=u64(value=i.rx_bytes), rx_errors=u64(value=i.rx_errors),
+                                       tx_bytes=u64(value=i.tx_bytes), tx_errors=u64(value=i.tx_errors))
+              for i in vm.interfaces if i.name != "lo"]
+    default = next((i for i in ifaces if i.name == "eth0"), ifaces[0] if ifaces else None)
+    return pb.PodSandboxStats(
+        attributes=pb.PodSandboxAttributes(id=sb.id, metadata=_metadata(sb), labels=sb.labels,
+                                           annotations=sb.annotations),
+        linux=pb.LinuxPodSandboxStats(
+            cpu=pb.CpuUsage(timestamp=ts, usage_core_nano_seconds=u64(value=vm.cpu_usage_ns)),
+            memory=pb.MemoryUsage(timestamp=ts, working_set_bytes=u64(value=vm.memory_working_set_bytes),
+                                  available_bytes=u64(value=vm.memory_available_bytes),
+                                  usage_bytes=u64(value=vm.memory_total_bytes - vm.memory_available_bytes)),
+            network=pb.NetworkUsage(timestamp=ts, default_interface=default, interfaces=ifaces),
+            containers=[container_stats(c, s) for c, s in per],
+        ),
+    )
+
+
 def container_stats(c: Container, s: Any) -> pb.ContainerStats:
     u64 = pb.UInt64Value
     return pb.ContainerStats(

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frakpy.cri import convert
 from frakpy.cri.proto import api_pb2 as pb
+from frakpy.errors import FrakpyError
 from frakpy.sandbox.manager import SandboxManager
+from frakpy.sandbox.model import SandboxState
+
+if TYPE_CHECKING:
+    from frakpy.container.manager import ContainerManager
 
 
 class SandboxServicer:
-    def __init__(self, sandboxes: SandboxManager) -> None:
+    def __init__(self, sandboxes: SandboxManager, containers: ContainerManager | None = None) -> None:
         self.sandboxes = sandboxes
+        self.containers = containers
 
     async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
         sb = await self.sandboxes.run(convert.run_request(request))
@@ -39,3 +45,22 @@ class SandboxServicer:
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> pb.ListPodSandboxResponse:
         found = self.sandboxes.list(**convert.sandbox_filter(request.filter))
         return pb.ListPodSandboxResponse(items=[convert.pod_sandbox(sb) for sb in found])
+
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: Any) -> pb.PodSandboxStatsResponse:
+        sb = self.sandboxes.get(request.pod_sandbox_id)
+        assert self.containers is not None
+        vm, per = await self.containers.sandbox_stats(sb.id)
+        return pb.PodSandboxStatsResponse(stats=convert.pod_sandbox_stats(sb, vm, per))
+
+    async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                                  context: Any) -> pb.ListPodSandboxStatsResponse:
+        assert self.containers is not None
+        f = request.filter
+        out = []
+        for sb in self.sandboxes.list(id_prefix=f.id, state=SandboxState.READY, labels=dict(f.label_selector)):
+            try:
+                vm, per = await self.containers.sandbox_stats(sb.id)
+            except FrakpyError:
+                continue  # stopped meanwhile
+            out.append(convert.pod_sandbox_stats(sb, vm, per))
+        return pb.ListPodSandboxStatsResponse(stats=out)

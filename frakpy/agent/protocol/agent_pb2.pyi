@@ -246,7 +246,7 @@ class ContainerStateRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ...) -> None: ...
 
 class ContainerStateResponse(_message.Message):
-    __slots__ = ("container_id", "status", "pid", "exit_code", "created_at_ns", "started_at_ns", "finished_at_ns", "oom_killed", "output_offset")
+    __slots__ = ("container_id", "status", "pid", "exit_code", "created_at_ns", "started_at_ns", "finished_at_ns", "oom_killed", "output_offset", "termination_message")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class ContainerStateResponse(_message.Message):
     FINISHED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TERMINATION_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     status: ContainerStatus
     pid: int
@@ -265,7 +266,8 @@ class ContainerStateResponse(_message.Message):
     finished_at_ns: int
     oom_killed: bool
     output_offset: int
-    def __init__(self, container_id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., finished_at_ns: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., output_offset: _Optional[int] = ...) -> None: ...
+    termination_message: bytes
+    def __init__(self, container_id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., created_at_ns: _Optional[int] = ..., started_at_ns: _Optional[int] = ..., finished_at_ns: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., output_offset: _Optional[int] = ..., termination_message: _Optional[bytes] = ...) -> None: ...
 
 class UpdateContainerResourcesRequest(_message.Message):
     __slots__ = ("container_id", "resources_json")

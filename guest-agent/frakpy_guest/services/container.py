@@ -231,7 +231,19 @@ async def container_state(rt: Runtime, req: pb.ContainerStateRequest, call: Serv
     return pb.ContainerStateResponse(
         container_id=c.id, status=STATUS.get(c.status, pb.CONTAINER_STATUS_UNKNOWN), pid=init.pid,
         exit_code=init.exit_code or 0, created_at_ns=c.created_at_ns, started_at_ns=c.started_at_ns,
-        finished_at_ns=init.exited_at_ns, oom_killed=init.oom_killed, output_offset=init.buffer.end)
+        finished_at_ns=init.exited_at_ns, oom_killed=init.oom_killed, output_offset=init.buffer.end,
+        termination_message=_termination_message(c) if c.status == EXITED else b"")
+
+
+TERMINATION_MESSAGE_MAX = 4096  # what kubelet reads of a termination-log
+
+
+def _termination_message(c: Container) -> bytes:
+    try:
+        with open(os.path.join(c.bundle, gp.TERMINATION_LOG), "rb") as f:  # noqa: ASYNC230 - tmpfs
+            return f.read(TERMINATION_MESSAGE_MAX)
+    except OSError:
+        return b""
 
 
 async def update_resources(rt: Runtime, req: pb.UpdateContainerResourcesRequest,
