@@ -206,6 +206,10 @@ def _run_cri(args: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["images", "import"]:
+        from frakpy.cli.images_import import main as import_main
+
+        return import_main(argv[2:])
     if argv[:1] == ["daemon"]:
         # Everything after `daemon` belongs to frakpyd, options included (argparse would eat them).
         return _run_daemon(argparse.Namespace(daemon_args=argv[1:]))
