@@ -127,3 +127,40 @@ def running_daemon(base: Path | None = None, extra_config: str = "") -> Iterator
     finally:
         stop(d)
         cleanup_host(base)
+
+
+@contextmanager
+def daemon_with_image(work: Path) -> Iterator[tuple[Daemon, str, Path]]:
+    """A real registry serving the project-built busybox image, a daemon that trusts it over plain
+    HTTP, the image pulled through CRI; every pod removed and everything stopped afterwards."""
+    import asyncio
+
+    from frakpy.cri.proto import api_pb2 as pb
+    from frakpy.image import testimages
+    from frakpy.image.push import push_layout
+    from frakpy.image.registry import PullConfig, RegistryConfig
+
+    from .registry_fixtures import Registry
+
+    reg = Registry(work / "registry")
+    base = short_tmpdir()
+    d = None
+    try:
+        testimages.busybox_layout(work / "busybox", dynamic=True, entrypoint=["/bin/sh", "-c"], cmd=["echo hi"])
+        image = f"{reg.host}/busybox:test"
+        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
+        asyncio.run(push_layout(work / "busybox", image, config=cfg))
+        d = start(base, write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
+        with d.client() as c:
+            c.call(c.image.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=image)))
+        print(f"\nfrakpyd log: {d.log}")
+        yield d, image, base
+    finally:
+        if d is not None:
+            with d.client(timeout=120) as c:
+                for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
+                    c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
+                    c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+            stop(d)
+        cleanup_host(base)
+        reg.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from pathlib import Path
@@ -12,13 +11,10 @@ import pytest
 
 from frakpy.cri.client import CRIError
 from frakpy.cri.proto import api_pb2 as pb
-from frakpy.image import testimages
-from frakpy.image.push import push_layout
-from frakpy.image.registry import PullConfig, RegistryConfig
 
 from . import daemon_fixture as dfx
 from .conftest import vm_requirements
-from .registry_fixtures import Registry, requirements_missing
+from .registry_fixtures import requirements_missing
 
 _missing = vm_requirements() or requirements_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
@@ -29,29 +25,8 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) ([PF
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("containers")
-    reg = Registry(work / "registry")
-    base = dfx.short_tmpdir()
-    d = None
-    try:
-        testimages.busybox_layout(work / "busybox", dynamic=True, entrypoint=["/bin/sh", "-c"], cmd=["echo hi"])
-        image = f"{reg.host}/busybox:test"
-        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
-        asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        extra = f'[registries."{reg.host}"]\ninsecure = true\n'
-        d = dfx.start(base, dfx.write_config(base, extra))
-        with d.client() as c:
-            c.call(c.image.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=image)))
-        print(f"\nfrakpyd log: {d.log}")
+    with dfx.daemon_with_image(work) as (d, image, _base):
         yield d, image, work
-    finally:
-        if d is not None:
-            with d.client() as c:
-                for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
-                    c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                    c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-            dfx.stop(d)
-        dfx.cleanup_host(base)
-        reg.close()
 
 
 def pod_config(name: str, log_dir: Path) -> pb.PodSandboxConfig:

@@ -3,7 +3,6 @@ UpdateContainerResources, PodSandboxStats, and output that survives a daemon SIG
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import time
@@ -12,13 +11,10 @@ import grpc
 import pytest
 
 from frakpy.cri.proto import api_pb2 as pb
-from frakpy.image import testimages
-from frakpy.image.push import push_layout
-from frakpy.image.registry import PullConfig, RegistryConfig
 
 from . import daemon_fixture as dfx
 from .conftest import vm_requirements
-from .registry_fixtures import Registry, requirements_missing
+from .registry_fixtures import requirements_missing
 from .test_containers import container_config, create, cstatus, pod_config, read_log, wait_state
 
 _missing = vm_requirements() or requirements_missing()
@@ -33,29 +29,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("containers-more")
-    reg = Registry(work / "registry")
-    base = dfx.short_tmpdir()
-    e = None
-    try:
-        testimages.busybox_layout(work / "busybox", dynamic=True, entrypoint=["/bin/sh", "-c"], cmd=["echo hi"])
-        image = f"{reg.host}/busybox:test"
-        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
-        asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        extra = f'[registries."{reg.host}"]\ninsecure = true\n'
-        e = Env(dfx.start(base, dfx.write_config(base, extra)), image, work)
-        with e.d.client() as c:
-            c.call(c.image.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=image)))
-        print(f"\nfrakpyd log: {e.d.log}")
-        yield e
-    finally:
-        if e is not None:
-            with e.d.client() as c:
-                for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
-                    c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                    c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-            dfx.stop(e.d)
-        dfx.cleanup_host(base)
-        reg.close()
+    with dfx.daemon_with_image(work) as (d, image, _base):
+        yield Env(d, image, work)
 
 
 @pytest.fixture(scope="module")

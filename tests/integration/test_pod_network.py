@@ -7,7 +7,6 @@ stays on loopback and the test daemon's own bridge (ipMasq off).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import re
@@ -19,13 +18,10 @@ from pathlib import Path
 import pytest
 
 from frakpy.cri.proto import api_pb2 as pb
-from frakpy.image import testimages
-from frakpy.image.push import push_layout
-from frakpy.image.registry import PullConfig, RegistryConfig
 
 from . import daemon_fixture as dfx
 from .conftest import vm_requirements
-from .registry_fixtures import Registry, requirements_missing
+from .registry_fixtures import requirements_missing
 
 _missing = vm_requirements() or requirements_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
@@ -109,29 +105,8 @@ def netns_mtu(netns_path: str, dev: str = "eth0") -> int:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("podnet")
-    reg = Registry(work / "registry")
-    base = dfx.short_tmpdir()
-    d = None
-    try:
-        testimages.busybox_layout(work / "busybox", dynamic=True, entrypoint=["/bin/sh", "-c"], cmd=["echo hi"])
-        image = f"{reg.host}/busybox:test"
-        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
-        asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        extra = f'[registries."{reg.host}"]\ninsecure = true\n'
-        d = dfx.start(base, dfx.write_config(base, extra))
-        with d.client() as c:
-            c.call(c.image.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=image)))
-        print(f"\nfrakpyd log: {d.log}")
+    with dfx.daemon_with_image(work) as (d, image, base):
         yield d, image, work, base
-    finally:
-        if d is not None:
-            with d.client(timeout=120) as c:
-                for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
-                    c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                    c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-            dfx.stop(d)
-        dfx.cleanup_host(base)
-        reg.close()
 
 
 def conflist(base: Path) -> dict:
