@@ -151,6 +151,7 @@ class SandboxManager:
                 for key, value in overrides.items():
                     setattr(spec, key, value)
                 self.records.save(sb)
+                await _failpoint("after-cni-add")
 
             running = await vmboot.boot(sb, spec, handler.boot_timeout_s, slog, fds)
             undo.push_async_callback(running.vm.kill)
@@ -296,6 +297,13 @@ class SandboxManager:
         if running is None or running.agent is None:
             raise Unavailable(f"sandbox {sb.id} has no running VM")
         return running
+
+
+async def _failpoint(name: str) -> None:
+    """Crash-recovery tests park RunPodSandbox here (FRAKPY_FAILPOINT=<name>) and SIGKILL the daemon."""
+    if os.environ.get("FRAKPY_FAILPOINT") == name:
+        log.warning("failpoint %s: parking RunPodSandbox", name)
+        await asyncio.sleep(3600)
 
 
 def _refuse_host_namespaces(req: RunRequest) -> None:

@@ -71,12 +71,13 @@ def write_config(base: Path, extra: str = "", *, cni: bool = True) -> Path:
     return cfg
 
 
-def start(base: Path, config: Path | None = None, wait: bool = True) -> Daemon:
+def start(base: Path, config: Path | None = None, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
     config = config or write_config(base)
     log = base / f"frakpyd-{int(time.time() * 1000)}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "frakpy", "daemon", "--config", str(config)],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     d = Daemon(proc, base / "frakpy.sock", base / "state", base / "run", config, log)
     if wait:

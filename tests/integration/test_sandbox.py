@@ -257,3 +257,44 @@ def test_graceful_daemon_stop_keeps_pods(daemon):
             remove_all(c)
         dfx.stop(d)
         dfx.cleanup_host(base)
+
+
+def test_daemon_killed_between_cni_add_and_vm_start_is_cleaned_up(daemon):
+    """SIGKILL while RunPodSandbox holds a netns and an IP but no VM: the restart undoes it all."""
+    import threading
+
+    base = dfx.short_tmpdir()
+    d = dfx.start(base, dfx.write_config(base), env={"FRAKPY_FAILPOINT": "after-cni-add"})
+    errors: list[Exception] = []
+
+    def call() -> None:
+        try:
+            with d.client(timeout=60) as c:
+                run(c, pod_config("halfway"))
+        except Exception as exc:  # the daemon dies under it
+            errors.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "failpoint after-cni-add" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()
+            time.sleep(0.05)
+        netns = list((base / "netns").glob("frakpy-*"))
+        leases = [p for p in (base / "ipam").rglob("*") if p.is_file() and p.name[0].isdigit()]
+        assert netns and leases, "CNI ADD should have created a netns and an IP lease"
+        dfx.stop(d, signal.SIGKILL)
+        t.join(30)
+        assert errors
+        d = dfx.start(base, d.config)
+        assert "was being created when frakpyd stopped" in d.log_text()
+        assert not list((base / "netns").glob("frakpy-*"))
+        assert not [p for p in (base / "ipam").rglob("*") if p.is_file() and p.name[0].isdigit()]
+        with d.client() as c:
+            assert not c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items
+            pod_id = run(c, pod_config("halfway"))  # the name is free again and a retry works
+            c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    finally:
+        dfx.stop(d)
+        dfx.cleanup_host(base)
