@@ -17,8 +17,10 @@ PKGS=(
   erofs-utils e2fsprogs                  # read-only image filesystems
   iproute2 iptables containernetworking-plugins   # pod networking (CNI plugins in /usr/lib/cni)
   busybox-static docker-registry apache2-utils openssl   # test images, local registry, htpasswd
-  linux-source-6.1 build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils lz4   # guest kernel
+  build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils lz4   # guest kernel build
 )
+# guest kernel source: Debian 12's 6.1 (the tested one), else the distribution's linux-source
+if apt-cache policy linux-source-6.1 2>/dev/null | grep -q 'Candidate: [0-9]'; then PKGS+=(linux-source-6.1); else PKGS+=(linux-source); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
