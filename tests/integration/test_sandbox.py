@@ -298,3 +298,35 @@ def test_daemon_killed_between_cni_add_and_vm_start_is_cleaned_up(daemon):
     finally:
         dfx.stop(d)
         dfx.cleanup_host(base)
+
+
+def test_broken_cni_config_fails_runpodsandbox_cleanly():
+    """A plugin that fails: NetworkReady still says why when the config is unusable, RunPodSandbox
+    carries the plugin's own message, and nothing (netns, VM, run dir, record) is left."""
+    base = dfx.short_tmpdir()
+    cfg = dfx.write_config(base, cni=False)
+    (base / "cni").mkdir(exist_ok=True)
+    (base / "cni" / "10-broken.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "broken",
+        "plugins": [{"type": "bridge", "bridge": dfx.bridge_name(base),
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "not-a-subnet"}]]}}],
+    }))
+    before = qemu_pids()
+    d = dfx.start(base, cfg)
+    try:
+        with d.client() as c:
+            with pytest.raises(CRIError) as exc:
+                run(c, pod_config("badnet"))
+            assert "not-a-subnet" in str(exc.value) or "invalid CIDR" in str(exc.value), str(exc.value)
+            assert not c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items
+        assert not list((base / "netns").glob("frakpy-*"))
+        assert not list((base / "run" / "sandboxes").glob("*"))
+        assert qemu_pids() <= before
+        (base / "cni" / "10-broken.conflist").write_text("{not json")
+        with d.client() as c:
+            conds = {x.type: x for x in c.call(c.runtime.Status, pb.StatusRequest()).status.conditions}
+        assert conds["NetworkReady"].status is False
+        assert conds["NetworkReady"].reason == "NetworkPluginNotReady"
+    finally:
+        dfx.stop(d)
+        dfx.cleanup_host(base)
