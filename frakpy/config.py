@@ -58,6 +58,8 @@ class CNIConfig:
     bin_dirs: list[str] = _f(["/opt/cni/bin", "/usr/lib/cni"], "Directories searched, in order, for CNI plugins.")
     netns_dir: str = _f("/run/netns", "Where pod network namespaces are pinned (named frakpy-<pod id>).")
     plugin_timeout_s: float = _f(60.0, "Seconds a CNI plugin may run before it is killed.", minimum=1)
+    tap_queues: int = _f(1, "Queues of each pod's tap and virtio-net NIC; 1 turns multi-queue off "
+                            "(more helps only VMs with several vCPUs).", minimum=1)
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Runtime:
         self.network = SandboxNetwork(PodNetwork(
             cfg.cni.conf_dir, cfg.cni.bin_dirs, state_dir=str(cfg.run_dir / "network"),
             netns_dir=cfg.cni.netns_dir, timeout=cfg.cni.plugin_timeout_s,
+            multiqueue=cfg.cni.tap_queues > 1, queues=cfg.cni.tap_queues,
         ))
         self.sandboxes = SandboxManager(cfg, SandboxRecords(self.db), self.network)
         self.info = RuntimeInfo(cfg, self.db, self.network.status)

@@ -41,7 +41,7 @@ class SandboxNetwork:
             "guest": info.guest_config(),
             "cni_cache": info.cni_cache_json,
         }
-        return record, tuple(info.tap.fds), {"tap_fd": info.tap.fd, "mac": info.mac}
+        return record, tuple(info.tap.fds), {"tap_fd": info.tap.fd, "tap_fds": list(info.tap.fds), "mac": info.mac}
 
     def release_fds(self, sb: Sandbox) -> None:
         """QEMU has its own copies of the tap fds once spawned; drop ours."""

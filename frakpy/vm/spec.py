@@ -30,6 +30,7 @@ class VMSpec:
     qmp_fd: int | None = None
     agent_fd: int | None = None
     tap_fd: int | None = None
+    tap_fds: list[int] = field(default_factory=list)  # one per queue when multi-queue
     mac: str | None = None
     extra_args: list[str] = field(default_factory=list)
 

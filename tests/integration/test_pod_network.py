@@ -213,3 +213,26 @@ def test_stop_releases_ip_and_netns(env):
         assert st.state == pb.SANDBOX_NOTREADY and st.network.ip == ""
         c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))  # idempotent
         c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_multiqueue_tap(tmp_path):
+    """[cni] tap_queues = 2: the tap gets two queues and the guest NIC two queue pairs."""
+    base = dfx.short_tmpdir()
+    cfg = dfx.write_config(base)
+    cfg.write_text(cfg.read_text().replace("[cni]\n", "[cni]\ntap_queues = 2\n"))
+    d = dfx.start(base, cfg)
+    try:
+        with d.client(timeout=120) as c:
+            pod = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="mq", namespace="t", uid="mq"),
+                                      log_directory=str(tmp_path))
+            pod_id = c.call(c.runtime.RunPodSandbox, pb.RunPodSandboxRequest(config=pod)).pod_sandbox_id
+            st = c.call(c.runtime.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True))
+            run_dir = Path(json.loads(st.info["info"])["vm"]["run_dir"])
+            assert "fds=" in (run_dir / "qemu.argv").read_text()
+            ip = st.status.network.ip
+            ping = subprocess.run(["busybox", "ping", "-c", "2", "-W", "3", ip], capture_output=True, text=True)
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+            c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    finally:
+        dfx.stop(d)
+        dfx.cleanup_host(base)
