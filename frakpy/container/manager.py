@@ -56,6 +56,9 @@ class _SandboxState:
 class ContainerManager:
     def __init__(self, cfg: Config, records: ContainerRecords, sandboxes: SandboxManager,
                  images: ImageStore) -> None:
+        # CPU usage rate per container (usage_nano_cores), from the last two stats samples
+        self.nano_cores: dict[str, int] = {}
+        self._cpu_samples: dict[str, tuple[int, int]] = {}
         self.cfg = cfg
         self.records = records
         self.sandboxes = sandboxes
@@ -426,7 +429,14 @@ class ContainerManager:
     async def stats(self, container_id: str) -> ContainerStats:
         c = self.get(container_id)
         running = self._vm_of(c)
-        return await _agent(running).container_stats(c.id)
+        return self._rate(c.id, await _agent(running).container_stats(c.id))
+
+    def _rate(self, container_id: str, s: ContainerStats) -> ContainerStats:
+        prev = self._cpu_samples.get(container_id)
+        self._cpu_samples[container_id] = (s.timestamp_ns, s.cpu_usage_ns)
+        if prev is not None and s.timestamp_ns > prev[0] and s.cpu_usage_ns >= prev[1]:
+            self.nano_cores[container_id] = int((s.cpu_usage_ns - prev[1]) * 1e9 / (s.timestamp_ns - prev[0]))
+        return s
 
     async def sandbox_stats(self, sandbox_id: str) -> tuple[SandboxStats, list[tuple[Container, ContainerStats]]]:
         """The pod VM's own numbers and those of its running containers."""
@@ -440,7 +450,7 @@ class ContainerManager:
             if c.sandbox_id != sandbox_id:
                 continue
             try:
-                per.append((c, await agent.container_stats(c.id)))
+                per.append((c, self._rate(c.id, await agent.container_stats(c.id))))
             except FrakpyError:
                 continue  # exited meanwhile
         return vm, per

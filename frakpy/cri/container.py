@@ -64,7 +64,7 @@ class ContainerServicer:
     async def ContainerStats(self, request: pb.ContainerStatsRequest, context: Any) -> pb.ContainerStatsResponse:
         c = self.containers.get(request.container_id)
         s = await self.containers.stats(c.id)
-        return pb.ContainerStatsResponse(stats=convert.container_stats(c, s))
+        return pb.ContainerStatsResponse(stats=convert.container_stats(c, s, self.containers.nano_cores.get(c.id)))
 
     async def ListContainerStats(self, request: pb.ListContainerStatsRequest,
                                  context: Any) -> pb.ListContainerStatsResponse:
@@ -77,7 +77,7 @@ class ContainerServicer:
                 s = await self.containers.stats(c.id)
             except FrakpyError:
                 continue  # exited or its VM went away meanwhile
-            out.append(convert.container_stats(c, s))
+            out.append(convert.container_stats(c, s, self.containers.nano_cores.get(c.id)))
         return pb.ListContainerStatsResponse(stats=out)
 
 

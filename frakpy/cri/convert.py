@@ -147,7 +147,9 @@ def linux_resources(r: pb.LinuxContainerResources) -> dict[str, Any]:
     return dict(json_format.MessageToDict(r, preserving_proto_field_name=True))
 
 
-def pod_sandbox_stats(sb: Sandbox, vm: Any, per: list[tuple[Container, Any]]) -> pb.PodSandboxStats:
+def pod_sandbox_stats(sb: Sandbox, vm: Any, per: list[tuple[Container, Any]],
+                      nano_cores: dict[str, int] | None = None) -> pb.PodSandboxStats:
+    nano_cores = nano_cores or {}
     u64 = pb.UInt64Value
     ts = vm.timestamp_ns
     ifaces = [pb.NetworkInterfaceUsage(name=i.name, rx_bytes=u64(value=i.rx_bytes), rx_errors=u64(value=i.rx_errors),
@@ -163,17 +165,20 @@ def pod_sandbox_stats(sb: Sandbox, vm: Any, per: list[tuple[Container, Any]]) ->
                                   available_bytes=u64(value=vm.memory_available_bytes),
                                   usage_bytes=u64(value=vm.memory_total_bytes - vm.memory_available_bytes)),
             network=pb.NetworkUsage(timestamp=ts, default_interface=default, interfaces=ifaces),
-            containers=[container_stats(c, s) for c, s in per],
+            containers=[container_stats(c, s, nano_cores.get(c.id)) for c, s in per],
         ),
     )
 
 
-def container_stats(c: Container, s: Any) -> pb.ContainerStats:
+def container_stats(c: Container, s: Any, nano_cores: int | None = None) -> pb.ContainerStats:
     u64 = pb.UInt64Value
+    cpu = pb.CpuUsage(timestamp=s.timestamp_ns, usage_core_nano_seconds=u64(value=s.cpu_usage_ns))
+    if nano_cores is not None:
+        cpu.usage_nano_cores.value = nano_cores
     return pb.ContainerStats(
         attributes=pb.ContainerAttributes(id=c.id, metadata=_cmetadata(c), labels=c.labels,
                                           annotations=c.annotations),
-        cpu=pb.CpuUsage(timestamp=s.timestamp_ns, usage_core_nano_seconds=u64(value=s.cpu_usage_ns)),
+        cpu=cpu,
         memory=pb.MemoryUsage(
             timestamp=s.timestamp_ns, working_set_bytes=u64(value=s.memory_working_set_bytes),
             available_bytes=u64(value=s.memory_available_bytes), usage_bytes=u64(value=s.memory_usage_bytes),

@@ -50,7 +50,7 @@ class SandboxServicer:
         sb = self.sandboxes.get(request.pod_sandbox_id)
         assert self.containers is not None
         vm, per = await self.containers.sandbox_stats(sb.id)
-        return pb.PodSandboxStatsResponse(stats=convert.pod_sandbox_stats(sb, vm, per))
+        return pb.PodSandboxStatsResponse(stats=convert.pod_sandbox_stats(sb, vm, per, self.containers.nano_cores))
 
     async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
                                   context: Any) -> pb.ListPodSandboxStatsResponse:
@@ -62,5 +62,5 @@ class SandboxServicer:
                 vm, per = await self.containers.sandbox_stats(sb.id)
             except FrakpyError:
                 continue  # stopped meanwhile
-            out.append(convert.pod_sandbox_stats(sb, vm, per))
+            out.append(convert.pod_sandbox_stats(sb, vm, per, self.containers.nano_cores))
         return pb.ListPodSandboxStatsResponse(stats=out)
