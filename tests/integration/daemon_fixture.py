@@ -113,6 +113,27 @@ def stop(d: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
     return d.proc.returncode
 
 
+def stop_whoever_serves(base: Path, timeout: float = 30.0) -> None:
+    """Stop the daemon holding this base's socket, even one a test restarted under a new handle."""
+    lock = base / "frakpy.sock.lock"
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
 def cleanup_host(base: Path) -> None:
     """What a test daemon leaves on the host by design: its bridge and netns dir mount."""
     subprocess.run(["ip", "link", "del", bridge_name(base)], capture_output=True)
@@ -163,5 +184,6 @@ def daemon_with_image(work: Path) -> Iterator[tuple[Daemon, str, Path]]:
                     c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
                     c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
             stop(d)
+            stop_whoever_serves(base)  # a test may have restarted the daemon
         cleanup_host(base)
         reg.close()
