@@ -138,6 +138,10 @@ def cleanup_host(base: Path) -> None:
     """What a test daemon leaves on the host by design: its bridge and netns dir mount."""
     subprocess.run(["ip", "link", "del", bridge_name(base)], capture_output=True)
     subprocess.run(["umount", "-l", str(base / "netns")], capture_output=True)
+    if os.environ.get("FRAKPY_KEEP_TEST_DIRS") != "1":  # keep logs for debugging when asked
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager

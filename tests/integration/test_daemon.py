@@ -12,7 +12,7 @@ import pytest
 from frakpy.cri.client import CRIError
 from frakpy.cri.proto import api_pb2 as pb
 
-from .daemon_fixture import short_tmpdir, start, stop, write_config
+from .daemon_fixture import cleanup_host, short_tmpdir, start, stop, write_config
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,7 @@ def daemon():
         yield d
     finally:
         stop(d)
+        cleanup_host(base)
 
 
 def test_version(daemon):
@@ -101,6 +102,7 @@ def test_sigterm_removes_socket_and_stale_socket_is_replaced():
     with d.client() as c:
         c.call(c.runtime.Version, pb.VersionRequest())
     assert stop(d) == 0
+    cleanup_host(base)
 
 
 def test_bad_config_stops_startup_naming_the_key():
@@ -108,3 +110,4 @@ def test_bad_config_stops_startup_naming_the_key():
     d = start(base, write_config(base, "[handlers.big]\nvcpus = 'lots'\n", cni=False), wait=False)
     assert d.proc.wait(30) == 2
     assert "handlers.big.vcpus" in d.log_text()
+    cleanup_host(base)
