@@ -14,25 +14,16 @@ RemoveContainer. RunPodSandbox is timed for the benchmark pod plus --pod-runs - 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peer import Peer  # noqa: E402
+from bench.sidebyside import frakpy_and_peer, report  # noqa: E402
 from frakpy.cri.client import CRIClient  # noqa: E402
 from frakpy.cri.proto import api_pb2 as pb  # noqa: E402
-from frakpy.image import testimages  # noqa: E402
-from frakpy.image.push import push_layout  # noqa: E402
-from frakpy.image.registry import PullConfig, RegistryConfig  # noqa: E402
-from tests.integration import daemon_fixture as dfx  # noqa: E402
-from tests.integration.registry_fixtures import Registry  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -46,11 +37,6 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(pct(values, 0.5), 4), "p90": round(pct(values, 0.9), 4),
             "p99": round(pct(values, 0.99), 4), "min": round(min(values), 4), "max": round(max(values), 4),
             "n": len(values)}
-
-
-def busybox_layout(out: Path) -> None:
-    """The tests' dynamic busybox image (hard links carry their target's mode, which runc needs)."""
-    testimages.busybox_layout(out, tag="bench", dynamic=True)
 
 
 def pod_config(name: str, log_dir: Path) -> pb.PodSandboxConfig:
@@ -180,52 +166,19 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-ctr", dir="/tmp"))
-    reg = Registry(work / "registry")
-    base = dfx.short_tmpdir()
-    d = None
-    peer = None
     result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
                     "runs": args.runs, "exec_runs": args.exec_runs, "pod_runs": args.pod_runs, "runtimes": {}}
-    try:
-        busybox_layout(work / "busybox")
-        image = f"{reg.host}/busybox:bench"
-        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
-        asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        d = dfx.start(base, dfx.write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
-        if not args.no_peer:
-            peer = Peer(reg.host).start()
+    with frakpy_and_peer("bench-ctr", not args.no_peer) as sb:
         print("frakpy ...", file=sys.stderr, flush=True)
-        result["runtimes"]["frakpy"] = bench_runtime("frakpy", f"unix://{d.socket}", image,
-                                                     work / "logs-frakpy", args)
-        if peer is not None:
+        result["runtimes"]["frakpy"] = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image,
+                                                     sb.work / "logs-frakpy", args)
+        if sb.peer is not None:
             print("containerd ...", file=sys.stderr, flush=True)
-            result["runtimes"]["containerd"] = bench_runtime("containerd", peer.endpoint, image,
-                                                             work / "logs-containerd", args, on_pod=peer.track_pod)
+            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
+                                                             sb.work / "logs-containerd", args,
+                                                             on_pod=sb.peer.track_pod)
         result["load_avg_end"] = os.getloadavg()
-    finally:
-        if peer is not None:
-            peer.close()
-        if d is not None:
-            try:
-                with d.client() as c:
-                    for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
-                        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-            except Exception as exc:  # noqa: BLE001
-                print(f"frakpy clean-up: {exc}", file=sys.stderr)
-            dfx.stop(d)
-        dfx.cleanup_host(base)
-        shutil.rmtree(base, ignore_errors=True)
-        reg.close()
-        shutil.rmtree(work, ignore_errors=True)
-
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    print()
-    print(table(result))
+    report(result, args.json, table)
     return 0
 
 

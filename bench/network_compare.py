@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -39,17 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.containers import busybox_layout, pod_config, summary  # noqa: E402
+from bench.containers import pod_config, summary  # noqa: E402
 from bench.network import cycle as net_cycle  # noqa: E402
-from bench.peer import Peer  # noqa: E402
+from bench.sidebyside import frakpy_and_peer, report  # noqa: E402
 from frakpy.cri.client import CRIClient  # noqa: E402
 from frakpy.cri.proto import api_pb2 as pb  # noqa: E402
-from frakpy.image.push import push_layout  # noqa: E402
-from frakpy.image.registry import PullConfig, RegistryConfig  # noqa: E402
 from frakpy.network import PodNetwork  # noqa: E402
 from frakpy.network.defaults import default_conflist  # noqa: E402
-from tests.integration import daemon_fixture as dfx  # noqa: E402
-from tests.integration.registry_fixtures import Registry  # noqa: E402
 
 PORT = 8080
 MB = 1024 * 1024
@@ -283,56 +278,23 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-net", dir="/tmp"))
-    reg = Registry(work / "registry")
-    base = dfx.short_tmpdir()
-    d = None
-    peer = None
     result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
                     "pod_runs": args.pod_runs, "net_runs": args.net_runs, "mb": args.mb,
                     "repeats": args.repeats, "runtimes": {}}
-    try:
-        print("frakpy PodNetwork setup/teardown ...", file=sys.stderr, flush=True)
-        net = frakpy_network_share(args.net_runs, args.bin_dir or ["/opt/cni/bin", "/usr/lib/cni"])
-        busybox_layout(work / "busybox")
-        image = f"{reg.host}/busybox:bench"
-        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
-        asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        d = dfx.start(base, dfx.write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
-        if not args.no_peer:
-            peer = Peer(reg.host).start()
+    print("frakpy PodNetwork setup/teardown ...", file=sys.stderr, flush=True)
+    net = frakpy_network_share(args.net_runs, args.bin_dir or ["/opt/cni/bin", "/usr/lib/cni"])
+    with frakpy_and_peer("bench-net", not args.no_peer) as sb:
         print("frakpy ...", file=sys.stderr, flush=True)
-        fk = bench_runtime("frakpy", f"unix://{d.socket}", image, work / "logs-frakpy", args)
+        fk = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image, sb.work / "logs-frakpy", args)
         fk["network"] = net
         result["runtimes"]["frakpy"] = fk
-        if peer is not None:
+        if sb.peer is not None:
             print("containerd ...", file=sys.stderr, flush=True)
-            result["runtimes"]["containerd"] = bench_runtime("containerd", peer.endpoint, image,
-                                                             work / "logs-containerd", args, on_pod=peer.track_pod)
+            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
+                                                             sb.work / "logs-containerd", args,
+                                                             on_pod=sb.peer.track_pod)
         result["load_avg_end"] = os.getloadavg()
-    finally:
-        if peer is not None:
-            peer.close()
-        if d is not None:
-            try:
-                with d.client(timeout=120) as c:
-                    for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
-                        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
-                        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-            except Exception as exc:  # noqa: BLE001
-                print(f"frakpy clean-up: {exc}", file=sys.stderr)
-            dfx.stop(d)
-        dfx.cleanup_host(base)
-        shutil.rmtree(base, ignore_errors=True)
-        reg.close()
-        shutil.rmtree(work, ignore_errors=True)
-
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    print()
-    print(table(result))
+    report(result, args.json, table)
     return 0
 
 

@@ -1,0 +1,73 @@
+"""Run frakpy and containerd side by side for a benchmark: one registry holding the test image,
+a frakpyd trusting it, optionally the containerd peer; every pod, daemon and dir removed after."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.peer import Peer
+from frakpy.cri.proto import api_pb2 as pb
+from frakpy.image import testimages
+from frakpy.image.push import push_layout
+from frakpy.image.registry import PullConfig, RegistryConfig
+from tests.integration import daemon_fixture as dfx
+from tests.integration.registry_fixtures import Registry
+
+
+@dataclass
+class SideBySide:
+    work: Path
+    image: str
+    frakpy_endpoint: str
+    peer: Peer | None
+
+
+@contextmanager
+def frakpy_and_peer(prefix: str, with_peer: bool = True) -> Iterator[SideBySide]:
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    reg = Registry(work / "registry")
+    base = dfx.short_tmpdir()
+    d = None
+    peer = None
+    try:
+        testimages.busybox_layout(work / "busybox", tag="bench", dynamic=True)
+        image = f"{reg.host}/busybox:bench"
+        cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
+        asyncio.run(push_layout(work / "busybox", image, config=cfg))
+        d = dfx.start(base, dfx.write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
+        if with_peer:
+            peer = Peer(reg.host).start()
+        yield SideBySide(work, image, f"unix://{d.socket}", peer)
+    finally:
+        if peer is not None:
+            peer.close()
+        if d is not None:
+            try:
+                with d.client(timeout=120) as c:
+                    for item in c.call(c.runtime.ListPodSandbox, pb.ListPodSandboxRequest()).items:
+                        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=item.id))
+                        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+            except Exception as exc:  # noqa: BLE001 - clean-up reports and goes on
+                print(f"frakpy clean-up: {exc}", file=sys.stderr)
+            dfx.stop(d)
+        dfx.cleanup_host(base)
+        reg.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(result: dict[str, Any], json_path: str | None, table: Callable[[dict[str, Any]], str]) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text)
+    print()
+    print(table(result))
