@@ -3,11 +3,13 @@
 
 Run from anywhere (paths are taken relative to the repository root):
 
-    python tools/gen_protos.py           # rewrite *_pb2.py, *_pb2.pyi (and *_pb2_grpc.py for the CRI)
+    python tools/gen_protos.py           # rewrite *_pb2.py, *_pb2.pyi (and *_pb2_grpc.py under frakpy/cri/)
     python tools/gen_protos.py --check   # regenerate into a temp dir; exit 1 listing stale files
 
 Every ``frakpy/**/*.proto`` gets message stubs and ``.pyi`` type stubs. Only protos under
-``frakpy/cri/`` get gRPC stubs: the guest agent speaks ttrpc, so its protos are messages only.
+``frakpy/cri/`` get gRPC stubs (``api.proto``, CRI ``runtime.v1``, and ``frakpy.proto``, our own
+``frakpy.v1`` services on the same socket): the guest agent speaks ttrpc, so its protos are
+messages only.
 Protos are compiled with ``-I .`` from the repository root, so generated imports are
 package-absolute (``from frakpy.cri.proto import api_pb2``).
 

@@ -228,19 +228,45 @@ def cmd_ps(args: Any, cri: CRIClient) -> int:
     return 0
 
 
-def _image_rows(img: Any, no_trunc: bool) -> list[list[str]]:
+def _image_rows(img: Any, no_trunc: bool, digests: bool = False, pinned: bool = False) -> list[list[str]]:
+    """crictl's rows: IMAGE TAG [DIGEST] IMAGE ID SIZE [PINNED], one per repo tag."""
     image_id = output.short_id(img.id, no_trunc)
     size = output.human_size(img.size)
-    rows = []
+    digest_repo, digest = "<none>", "<none>"
+    if img.repo_digests:
+        digest_repo, _, digest = img.repo_digests[0].partition("@")
+        digest = output.short_id(digest, no_trunc)
+    pairs = []
     for tag in img.repo_tags:
         repo, _, name = tag.rpartition(":")
         if "/" in name or not repo:  # "host:port/repo" without a tag
             repo, name = tag, "<none>"
-        rows.append([repo, name, image_id, size])
-    if not rows:
-        repo = img.repo_digests[0].partition("@")[0] if img.repo_digests else "<none>"
-        rows.append([repo, "<none>", image_id, size])
+        pairs.append((repo, name))
+    if not pairs:
+        pairs.append((digest_repo, "<none>"))
+    rows = []
+    for repo, name in pairs:
+        row = [repo, name, *([digest] if digests else []), image_id, size]
+        if pinned:
+            row.append(str(bool(img.pinned)).lower())
+        rows.append(row)
     return rows
+
+
+def _image_verbose(img: Any) -> str:
+    """crictl images -v: one block of ``Key: value`` lines per image."""
+    lines = [f"ID: {img.id}"]
+    lines += [f"RepoTags: {tag}" for tag in img.repo_tags]
+    lines += [f"RepoDigests: {digest}" for digest in img.repo_digests]
+    if img.size:
+        lines.append(f"Size: {img.size}")
+    if img.HasField("uid"):
+        lines.append(f"Uid: value:{img.uid.value}")
+    if img.username:
+        lines.append(f"Username: {img.username}")
+    if img.pinned:
+        lines.append("Pinned: true")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_images(args: Any, cri: CRIClient) -> int:
@@ -253,9 +279,14 @@ def cmd_images(args: Any, cri: CRIClient) -> int:
             print(img.id)
     elif args.output in ("json", "yaml"):
         output.dump(output.message_to_dict(pb.ListImagesResponse(images=images)), args.output)
+    elif getattr(args, "verbose", False):
+        for img in images:
+            print(_image_verbose(img))
     else:
-        rows = [r for img in images for r in _image_rows(img, args.no_trunc)]
-        output.table(["IMAGE", "TAG", "IMAGE ID", "SIZE"], sorted(rows))
+        digests, pinned = getattr(args, "digests", False), getattr(args, "pinned", False)
+        rows = [r for img in images for r in _image_rows(img, args.no_trunc, digests, pinned)]
+        headers = ["IMAGE", "TAG", *(["DIGEST"] * digests), "IMAGE ID", "SIZE", *(["PINNED"] * pinned)]
+        output.table(headers, sorted(rows))
     return 0
 
 
@@ -447,9 +478,9 @@ def cmd_pull(args: Any, cri: CRIClient) -> int:
         req.auth.CopyFrom(auth)
     if args.pod_config:
         req.sandbox_config.CopyFrom(load_message(args.pod_config, pb.PodSandboxConfig()))
-    resp = cri.call(cri.image.PullImage, req, timeout=max(cri.timeout, PULL_TIMEOUT))
-    print(f"Image is up to date for {resp.image_ref}")
-    return 0
+    from frakpy.cli.pull import run_pull
+
+    return run_pull(cri, req, timeout=max(cri.timeout, PULL_TIMEOUT))
 
 
 def cmd_inspecti(args: Any, cri: CRIClient) -> int:

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", help="only images matching this reference")
     p.add_argument("-q", "--quiet", action="store_true", help="print image ids only")
     p.add_argument("--no-trunc", action="store_true", help="do not shorten ids")
+    p.add_argument("--digests", action="store_true", help="add a DIGEST column (the first repo digest)")
+    p.add_argument("--pinned", action="store_true", help="add a PINNED column")
+    p.add_argument("-v", "--verbose", action="store_true", help="one block of details per image (as crictl -v)")
     _output_opt(p, ("table", "json", "yaml"), "table")
 
     p = verb("pull", "cmd_pull", "pull an image")

@@ -102,11 +102,12 @@ def human_duration(secs: float) -> str:
     return f"{days // 365} years"
 
 
-def human_size(n: int) -> str:
-    """Decimal units with four significant digits, as crictl prints image sizes."""
+def human_size(n: int, precision: int = 3) -> str:
+    """Decimal units with three significant digits, as crictl prints image sizes
+    (go-units ``HumanSizeWithPrecision(size, 3)``: ``4.26MB``, ``70MB``)."""
     size = float(n)
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if size < 1000 or unit == "PB":
-            return f"{size:.4g}{unit}"
+            return f"{size:.{precision}g}{unit}"
         size /= 1000
     raise AssertionError("unreachable")

@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 
 from frakpy.cri import interceptor
-from frakpy.cri.proto import api_pb2, api_pb2_grpc
+from frakpy.cri.proto import api_pb2, api_pb2_grpc, frakpy_pb2, frakpy_pb2_grpc
 
 MAX_MESSAGE = 16 * 1024 * 1024
 
 
-def _bind(service_name: str, *impls: Any) -> Any:
-    service = api_pb2.DESCRIPTOR.services_by_name[service_name]
+def _bind(service_name: str, *impls: Any, descriptor: Any = api_pb2.DESCRIPTOR) -> Any:
+    service = descriptor.services_by_name[service_name]
     bound = types.SimpleNamespace()
     for method in service.methods:
         full = f"{service.full_name}/{method.name}"
@@ -33,11 +33,15 @@ def _bind(service_name: str, *impls: Any) -> Any:
     return bound
 
 
-def build(runtime_impls: list[Any], image_impls: list[Any]) -> grpc.aio.Server:
+def build(runtime_impls: list[Any], image_impls: list[Any], progress_impls: list[Any] | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
     ])
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(_bind("RuntimeService", *runtime_impls), server)
     api_pb2_grpc.add_ImageServiceServicer_to_server(_bind("ImageService", *image_impls), server)
+    if progress_impls:  # frakpy.v1.Progress (our own service, not CRI): pull progress for `frakpy pull`
+        frakpy_pb2_grpc.add_ProgressServicer_to_server(
+            _bind("Progress", *progress_impls, descriptor=frakpy_pb2.DESCRIPTOR), server
+        )
     return server

@@ -4,15 +4,25 @@ A blob only ever appears under its final name complete and verified: writers str
 temporary file in the same directory while hashing, fsync it, compare digest and size, and rename
 it into place (atomic on one filesystem). A mismatch removes the temporary file and raises
 :class:`DigestMismatch`. Stale temporaries from a crash are removed when the store opens.
+
+Registry downloads write to a *partial* file named by the digest (``.partial-<hex>``) instead,
+which survives an interrupted transfer (and a daemon restart), so the next attempt asks for the
+rest with an HTTP Range request (:meth:`BlobStore.open_partial`). Resuming re-reads the partial
+file to rebuild the hash state; the full digest is still checked before the rename. Partials
+older than :data:`PARTIAL_MAX_AGE_S` are removed when the store opens, and :meth:`BlobStore.gc`
+removes those of digests nothing keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -21,6 +31,9 @@ from frakpy.errors import InvalidArgument, NotFound, Unavailable
 
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _TMP_PREFIX = ".ingest-"
+_PARTIAL_PREFIX = ".partial-"
+PARTIAL_MAX_AGE_S = 24 * 3600
+"""Partial downloads not touched for this long are removed when the store opens."""
 
 
 class DigestMismatch(Unavailable):
@@ -50,6 +63,7 @@ class BlobStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob(_TMP_PREFIX + "*"):
             stale.unlink(missing_ok=True)
+        self.clean_partials(max_age_s=PARTIAL_MAX_AGE_S)
 
     def path(self, digest: str) -> Path:
         return self.dir / check_digest(digest)
@@ -85,10 +99,56 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-    def gc(self, keep: Iterable[str]) -> tuple[int, int]:
-        """Delete every blob whose digest is not in ``keep``; returns (count, bytes) freed."""
+    def partial_path(self, digest: str) -> Path:
+        return self.dir / (_PARTIAL_PREFIX + check_digest(digest))
+
+    def partials(self) -> Iterator[tuple[str, Path]]:
+        """(digest, path) of every partial download."""
+        for entry in self.dir.glob(_PARTIAL_PREFIX + "*"):
+            digest = "sha256:" + entry.name[len(_PARTIAL_PREFIX) :]
+            if _DIGEST_RE.match(digest):
+                yield digest, entry
+
+    def clean_partials(self, keep: Iterable[str] = (), max_age_s: float | None = None) -> tuple[int, int]:
+        """Remove partial downloads not in ``keep`` (only those older than ``max_age_s`` if given)."""
         keep = set(keep)
         count = freed = 0
+        now = time.time()
+        for digest, path in list(self.partials()):
+            if digest in keep:
+                continue
+            try:
+                st = path.stat()
+                if max_age_s is not None and now - st.st_mtime < max_age_s:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            count += 1
+            freed += st.st_size
+        return count, freed
+
+    async def open_partial(self, digest: str) -> Partial | None:
+        """The partial download of ``digest``, created empty if absent, hash state rebuilt from its
+        bytes; None when another writer holds it (the caller then downloads to a plain temp file)."""
+        path = self.partial_path(digest)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            hasher, size = await asyncio.to_thread(_rehash, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Partial(self, digest, path, fd, hasher, size)
+
+    def gc(self, keep: Iterable[str]) -> tuple[int, int]:
+        """Delete every blob (and partial download) whose digest is not in ``keep``; returns (count, bytes) freed."""
+        keep = set(keep)
+        count, freed = self.clean_partials(keep)
         for digest in list(self.digests()):
             if digest in keep:
                 continue
@@ -220,3 +280,80 @@ class BlobStore:
         fd, tmp = self._tempfile()
         os.write(fd, data)
         return self._commit(tmp, fd, hashlib.sha256(data), len(data), digest, len(data), source)
+
+
+def _rehash(fd: int) -> tuple[hashlib._Hash, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        size += len(chunk)
+    return hasher, size
+
+
+class Partial:
+    """An open, locked partial download: append bytes, then :meth:`commit` (verify and rename).
+
+    Closing without committing keeps the bytes for the next attempt; :meth:`discard` removes them.
+    """
+
+    def __init__(self, store: BlobStore, digest: str, path: Path, fd: int, hasher: hashlib._Hash, size: int) -> None:
+        self.store = store
+        self.digest = digest
+        self.path = path
+        self.fd = fd
+        self.hasher = hasher
+        self.size = size
+        self.resumed_from = size
+
+    def reset(self) -> None:
+        """Start over (the server ignored the Range request)."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    async def append(
+        self,
+        chunks: AsyncIterator[bytes],
+        expected_size: int | None,
+        *,
+        source: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        os.lseek(self.fd, 0, os.SEEK_END)
+        async for chunk in chunks:
+            if expected_size is not None and self.size + len(chunk) > expected_size:
+                self.discard()
+                raise DigestMismatch(
+                    f"blob {self.digest} from {source} is longer than the announced {expected_size} bytes; "
+                    "nothing was stored"
+                )
+            self.hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+
+    async def commit(self, expected_size: int | None, *, source: str) -> str:
+        """Verify digest and size and move the blob into place (the partial is gone either way)."""
+        fd, self.fd = self.fd, -1
+        return await asyncio.to_thread(
+            self.store._commit, self.path, fd, self.hasher, self.size, self.digest, expected_size, source
+        )
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1

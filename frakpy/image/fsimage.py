@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from frakpy.errors import FailedPrecondition
@@ -73,14 +73,22 @@ def build_erofs(tree: Path, out: Path, *, image_id: str, compression: str = "lz4
 
 
 def build_image_fs(
-    layers: Sequence[LayerSource], out: Path, *, image_id: str, work_dir: Path, compression: str = "lz4"
+    layers: Sequence[LayerSource],
+    out: Path,
+    *,
+    image_id: str,
+    work_dir: Path,
+    compression: str = "lz4",
+    on_layer: Callable[[str, bool], None] | None = None,
 ) -> int:
-    """Unpack ``layers`` into a temporary tree under ``work_dir``, pack it to ``out``, delete the tree."""
+    """Unpack ``layers`` into a temporary tree under ``work_dir``, pack it to ``out``, delete the tree.
+
+    ``on_layer(digest, done)`` reports each layer as it is applied (from this thread)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tree = Path(tempfile.mkdtemp(prefix="unpack-", dir=work_dir))
     try:
         os.chmod(tree, 0o755)
-        unpack_layers(tree, layers)
+        unpack_layers(tree, layers, on_layer)
         return build_erofs(tree, out, image_id=image_id, compression=compression)
     finally:
         shutil.rmtree(tree, ignore_errors=True)

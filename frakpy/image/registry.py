@@ -41,7 +41,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
@@ -146,6 +146,9 @@ class Credentials:
     """OAuth2 refresh token: exchanged at the token realm with grant_type=refresh_token."""
     registry_token: str = ""
     """A bearer token sent to the registry as is."""
+    server_address: str = ""
+    """Registry these credentials are for (``registry.example.com:5000``, ``https://index.docker.io/v1/``);
+    empty means every registry. Elsewhere the pull is anonymous, as in containerd."""
 
     @classmethod
     def from_cri(cls, auth: Any) -> Credentials:
@@ -158,7 +161,29 @@ class Credentials:
             auth=getattr(auth, "auth", "") or "",
             identity_token=getattr(auth, "identity_token", "") or "",
             registry_token=getattr(auth, "registry_token", "") or "",
+            server_address=getattr(auth, "server_address", "") or "",
         )
+
+    def applies_to(self, host: str) -> bool:
+        """Whether these credentials may be sent to registry ``host`` (a reference's registry or
+        an endpoint's host:port)."""
+        if not self.server_address:
+            return True
+        return normalize_registry_host(self.server_address) == normalize_registry_host(host)
+
+    def for_endpoint(self, endpoint: Endpoint) -> Credentials:
+        """These credentials where they apply to ``endpoint``, else anonymous.
+
+        containerd compares the server address with the host it is about to contact, so
+        credentials for a registry are not sent to its mirrors (and the reverse); Docker Hub's
+        names (docker.io, index.docker.io, registry-1.docker.io, https://index.docker.io/v1/) are
+        one registry.
+        """
+        if self.empty or self.applies_to(endpoint.host):
+            return self
+        if not endpoint.mirror and self.applies_to(endpoint.registry.name):
+            return self
+        return ANONYMOUS
 
     def basic(self) -> tuple[str, str] | None:
         if self.username:
@@ -185,6 +210,21 @@ class Credentials:
 
 
 ANONYMOUS = Credentials()
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+
+
+def normalize_registry_host(address: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``docker.io``; ``http://Reg.local:5000/x`` -> ``reg.local:5000``.
+
+    Scheme, path and user info are dropped, the host is lowercased, and every Docker Hub name
+    becomes ``docker.io`` (docker's config.json keys Hub as ``https://index.docker.io/v1/``).
+    """
+    text = (address or "").strip()
+    host = urlsplit(text).netloc if "://" in text else text.split("/", 1)[0]
+    host = host.rpartition("@")[2].lower()
+    if host.endswith(":443") and host[:-4] in _DOCKER_HUB_HOSTS:
+        host = host[:-4]
+    return DEFAULT_REGISTRY if host in _DOCKER_HUB_HOSTS else host
 
 
 @dataclass(frozen=True)
@@ -394,7 +434,10 @@ class _Token:
     expires: float
 
 
-ProgressFn = Callable[[int], None]
+class ProgressFn(Protocol):
+    """Bytes of a blob present so far; ``resumed`` marks the count kept from an earlier attempt."""
+
+    def __call__(self, done: int, resumed: bool = False, /) -> None: ...
 
 
 class RegistryClient:
@@ -554,6 +597,8 @@ class RegistryClient:
         url: str | None = None,
     ) -> httpx.Response:
         """An authenticated request to ``endpoint``; answers a 401 challenge once with fresh credentials."""
+        given = creds
+        creds = creds.for_endpoint(endpoint)
         scope = f"repository:{repository}:{actions}"
         if url is None:
             url = endpoint.v2(path)
@@ -572,6 +617,13 @@ class RegistryClient:
             await response.aclose()
             challenge_header = response.headers.get("www-authenticate", "")
             if fresh:
+                if creds.empty and not given.empty:
+                    raise Unauthenticated(
+                        f"registry {endpoint.host} requires credentials for {repository}; the pull's credentials "
+                        f"are for server_address {given.server_address!r}, so none were sent here",
+                        kind="registry",
+                        ident=endpoint.host,
+                    )
                 if creds.empty:
                     raise Unauthenticated(
                         f"registry {endpoint.host} requires credentials for {repository}; "
@@ -586,7 +638,17 @@ class RegistryClient:
                     ident=endpoint.host,
                 )
             fresh = True
-            fresh_auth = await self._answer_challenge(endpoint, creds, scope, repository, challenge_header)
+            try:
+                fresh_auth = await self._answer_challenge(endpoint, creds, scope, repository, challenge_header)
+            except Unauthenticated as exc:
+                if creds.empty and not given.empty:
+                    raise Unauthenticated(
+                        f"{exc} (the pull's credentials are for server_address {given.server_address!r}, "
+                        f"so none were sent to {endpoint.host})",
+                        kind="registry",
+                        ident=endpoint.host,
+                    ) from exc
+                raise
 
     async def _auth_header(self, endpoint: Endpoint, creds: Credentials, scope: str, *, refresh: bool) -> str | None:
         if creds.registry_token:
@@ -781,6 +843,89 @@ class RegistryClient:
         store: BlobStore,
         progress: ProgressFn | None,
     ) -> str:
+        """Download into the digest's partial file, resuming it with ``Range`` when it has bytes.
+
+        A 206 answer appends; a 200 (the server ignores ranges) starts over. Transport errors keep
+        the bytes received for the next attempt (here, or a later pull); a digest or size mismatch
+        removes them.
+        """
+        partial = await store.open_partial(digest)
+        if partial is None:  # another download of this digest holds the partial file
+            return await self._fetch_blob_plain(endpoint, ref, creds, digest, size, store, progress)
+        source = f"{endpoint.url} ({ref.repository})"
+        attempt = 0
+        try:
+            while True:
+                if size is not None and partial.size > size:
+                    partial.reset()
+                if partial.size and progress is not None:
+                    progress(partial.size, True)
+                if size is not None and partial.size == size:
+                    # complete already (interrupted before the rename): verify it
+                    return await partial.commit(size, source=source)
+                offset = partial.size
+                headers = {"Range": f"bytes={offset}-"} if offset else None
+                response = await self.request(
+                    endpoint,
+                    creds,
+                    ref.repository,
+                    "GET",
+                    f"{ref.repository}/blobs/{digest}",
+                    stream=True,
+                    headers=headers,
+                )
+                try:
+                    if response.status_code == 404:
+                        raise NotFound(f"blob {digest} of {ref} not found at {endpoint.url}", kind="blob", ident=digest)
+                    if response.status_code == 416 and offset:
+                        log.info("blob %s: %s refused range %d-, starting over", digest, endpoint.url, offset)
+                        partial.reset()
+                        continue
+                    if response.status_code == 206 and offset and _range_start(response) == offset:
+                        log.info("blob %s: resuming at byte %d from %s", digest, offset, endpoint.url)
+                    elif response.status_code == 200:
+                        if offset:
+                            log.info("blob %s: %s ignored the range request, starting over", digest, endpoint.url)
+                            partial.reset()
+                    else:
+                        raise Unavailable(
+                            f"fetching blob {digest} of {ref} from {endpoint.url}: HTTP {response.status_code}"
+                        )
+                    done = partial.size
+
+                    def counted(n: int) -> None:
+                        nonlocal done
+                        done += n
+                        if progress is not None:
+                            progress(done)
+
+                    await partial.append(_chunks(response), size, source=source, progress=counted)
+                    return await partial.commit(size, source=source)
+                except httpx.TransportError as exc:
+                    if attempt >= self.config.retries:
+                        raise Unavailable(
+                            f"downloading blob {digest} of {ref} from {endpoint.url} failed after {attempt + 1} "
+                            f"attempts ({partial.size} bytes kept to resume): {type(exc).__name__}: {exc}",
+                            kind="blob",
+                            ident=digest,
+                        ) from exc
+                    await self._sleep(self._delay(attempt, None))
+                    attempt += 1
+                finally:
+                    await response.aclose()
+        finally:
+            partial.close()
+
+    async def _fetch_blob_plain(
+        self,
+        endpoint: Endpoint,
+        ref: Reference,
+        creds: Credentials,
+        digest: str,
+        size: int | None,
+        store: BlobStore,
+        progress: ProgressFn | None,
+    ) -> str:
         attempt = 0
         while True:
             done = 0
@@ -820,8 +965,14 @@ class RegistryClient:
                 await response.aclose()
 
 
+def _range_start(response: httpx.Response) -> int | None:
+    """First byte of a 206 answer's ``Content-Range: bytes N-M/T``."""
+    match = re.match(r"\s*bytes\s+(\d+)-", response.headers.get("content-range", ""))
+    return int(match.group(1)) if match else None
+
+
 async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    async for chunk in response.aiter_bytes(1 << 20):
+    async for chunk in response.aiter_bytes():  # as received: an interruption loses nothing buffered
         yield chunk
 
 

@@ -38,6 +38,7 @@ from frakpy.errors import FailedPrecondition, InvalidArgument, NotFound
 from frakpy.image import reference as refs
 from frakpy.image.blobs import BlobStore, check_digest, sha256_digest
 from frakpy.image.fsimage import build_image_fs
+from frakpy.image.progress import ProgressHub
 from frakpy.image.reference import Reference
 from frakpy.image.registry import (
     INDEX_TYPES,
@@ -99,9 +100,12 @@ class ImageRecord:
 class PullProgress:
     """One progress event of a pull, for a CLI progress bar per layer.
 
-    ``phase`` is one of: ``resolved`` (digest = manifest, total = number of layers),
-    ``waiting`` / ``exists`` / ``downloading`` / ``downloaded`` (digest = layer, current/total in
-    bytes), ``unpacking`` (digest = image id) and ``ready`` (digest = image id, total = fs image size).
+    ``phase`` is one of: ``resolved`` (digest = manifest, total = number of layers), ``config``
+    (digest = image id), ``waiting`` / ``exists`` / ``downloading`` / ``downloaded`` (digest = layer,
+    current/total in bytes), ``resumed`` (digest = layer, current = bytes kept from an interrupted
+    download), ``unpacking`` (digest = image id), ``layer-unpacking`` / ``layer-unpacked`` (digest =
+    layer) and ``ready`` (digest = image id, total = fs image size). Every pull also feeds
+    :attr:`ImageStore.progress` (what ``frakpy.v1.Progress/WatchPull`` streams).
 
     With rich::
 
@@ -188,9 +192,11 @@ class ImageStore:
         self.in_use = in_use or (lambda _image_id: False)
         self.compression = compression
         self._downloads: dict[str, asyncio.Future[str]] = {}
-        self._listeners: dict[str, builtins.list[Callable[[int], None]]] = {}
+        self._listeners: dict[str, builtins.list[Callable[[int, bool], None]]] = {}
         self._builds: dict[str, asyncio.Future[int]] = {}
         self._leases: Counter[str] = Counter()
+        self.progress = ProgressHub()
+        """Live state of running pulls by normalised reference (for WatchPull)."""
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -330,13 +336,29 @@ class ImageStore:
         """
         parsed = refs.parse(ref)
         creds = auth if isinstance(auth, Credentials) else Credentials.from_cri(auth)
+        state = self.progress.begin(str(parsed))
+
+        def notify(event: PullProgress) -> None:
+            state.apply(event)
+            if progress is not None:
+                progress(event)
+
+        try:
+            record = await self._pull(parsed, creds, notify)
+        except BaseException as exc:
+            self.progress.end(state, exc)
+            raise
+        self.progress.end(state)
+        return record
+
+    async def _pull(self, parsed: Reference, creds: Credentials, notify: ProgressCallback) -> ImageRecord:
         resolved = await self.client.resolve(parsed, creds)
         config_desc = resolved.config_descriptor
         image_id = config_desc["digest"]
         check_digest(image_id)
         layers = resolved.layers
-        notify = progress or (lambda _event: None)
         notify(PullProgress(str(parsed), "resolved", resolved.manifest.digest, 0, len(layers)))
+        notify(PullProgress(str(parsed), "config", image_id))
         lease = {image_id, resolved.manifest.digest, *(layer["digest"] for layer in layers)}
         if resolved.index:
             lease.add(resolved.index.digest)
@@ -366,7 +388,7 @@ class ImageStore:
             if resolved.index:
                 self.blobs.put_bytes(resolved.index.raw, resolved.index.digest)
             notify(PullProgress(str(parsed), "unpacking", image_id))
-            fs_size = await self._ensure_fsimage(image_id, layers, diff_ids)
+            fs_size = await self._ensure_fsimage(image_id, layers, diff_ids, notify=notify, ref=str(parsed))
             names = [t for t in [parsed.with_tag()] if t and not parsed.digest]
             record = self._commit(
                 image_id=image_id,
@@ -408,7 +430,10 @@ class ImageStore:
         if self.blobs.has(digest):
             return
         listeners = self._listeners.setdefault(digest, [])
-        listener = lambda done: notify(PullProgress(ref, "downloading", digest, done, size))  # noqa: E731
+
+        def listener(done: int, resumed: bool = False) -> None:
+            notify(PullProgress(ref, "resumed" if resumed else "downloading", digest, done, size))
+
         listeners.append(listener)
         try:
             future = self._downloads.get(digest)
@@ -425,9 +450,9 @@ class ImageStore:
     async def _download_task(self, resolved: Resolved, creds: Credentials, layer: dict[str, Any]) -> str:
         digest = layer["digest"]
 
-        def fan_out(done: int) -> None:
+        def fan_out(done: int, resumed: bool = False) -> None:
             for cb in list(self._listeners.get(digest, [])):
-                cb(done)
+                cb(done, resumed)
 
         async with self.client.download_slots:
             if self.blobs.has(digest):
@@ -435,7 +460,13 @@ class ImageStore:
             return await self.client.fetch_blob(resolved, creds, layer, self.blobs, progress=fan_out)
 
     async def _ensure_fsimage(
-        self, image_id: str, layers: builtins.list[dict[str, Any]], diff_ids: builtins.list[str]
+        self,
+        image_id: str,
+        layers: builtins.list[dict[str, Any]],
+        diff_ids: builtins.list[str],
+        *,
+        notify: ProgressCallback | None = None,
+        ref: str = "",
     ) -> int:
         out = self.fsimage_path(image_id)
         if out.exists():
@@ -446,6 +477,14 @@ class ImageStore:
                 LayerSource(self.blobs.path(layer["digest"]), layer["digest"], diff_id)
                 for layer, diff_id in zip(layers, diff_ids, strict=True)
             ]
+            on_layer = None
+            if notify is not None:
+                loop = asyncio.get_running_loop()
+
+                def on_layer(digest: str, done: bool) -> None:  # called from the build thread
+                    event = PullProgress(ref, "layer-unpacked" if done else "layer-unpacking", digest)
+                    loop.call_soon_threadsafe(notify, event)
+
             future = asyncio.ensure_future(
                 asyncio.to_thread(
                     build_image_fs,
@@ -454,6 +493,7 @@ class ImageStore:
                     image_id=image_id,
                     work_dir=self.tmp_dir,
                     compression=self.compression,
+                    on_layer=on_layer,
                 )
             )
             self._builds[image_id] = future

@@ -21,7 +21,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -298,7 +298,19 @@ def apply_layer_file(root: Path, layer: LayerSource) -> LayerStats:
     return stats
 
 
-def unpack_layers(root: Path, layers: Iterable[LayerSource]) -> list[LayerStats]:
-    """Apply every layer in order onto ``root`` (created if missing)."""
+def unpack_layers(
+    root: Path, layers: Iterable[LayerSource], on_layer: Callable[[str, bool], None] | None = None
+) -> list[LayerStats]:
+    """Apply every layer in order onto ``root`` (created if missing).
+
+    ``on_layer(digest, done)`` is called before (False) and after (True) each layer.
+    """
     Path(root).mkdir(parents=True, exist_ok=True)
-    return [apply_layer_file(root, layer) for layer in layers]
+    stats = []
+    for layer in layers:
+        if on_layer is not None:
+            on_layer(layer.digest, False)
+        stats.append(apply_layer_file(root, layer))
+        if on_layer is not None:
+            on_layer(layer.digest, True)
+    return stats

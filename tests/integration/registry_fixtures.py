@@ -266,7 +266,9 @@ class TamperProxy:
     """An HTTP reverse proxy (asyncio) in front of a registry that can corrupt or cut one blob.
 
     ``corrupt``: digests whose body gets one byte flipped. ``cut``: digests whose body stops halfway
-    (connection closed). ``log``: request paths seen. Bodies are buffered; fine for test images.
+    (connection closed). ``log``: request paths seen, with their Range header if any. ``sent``: body
+    bytes written per blob digest. Range requests are passed on (the registry answers 206), and
+    only whole-blob (200) answers are corrupted or cut. Bodies are buffered; fine for test images.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -274,6 +276,7 @@ class TamperProxy:
         self.corrupt: set[str] = set()
         self.cut: set[str] = set()
         self.log: list[str] = []
+        self.sent: dict[str, int] = {}
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self._server: asyncio.base_events.Server | None = None
@@ -305,7 +308,8 @@ class TamperProxy:
                     headers[k.strip()] = v.strip()
                 length = int(headers.get("Content-Length", "0") or 0)
                 body = await reader.readexactly(length) if length else b""
-                self.log.append(f"{method} {target}")
+                rng = next((v for k, v in headers.items() if k.lower() == "range"), "")
+                self.log.append(f"{method} {target}" + (f" Range: {rng}" if rng else ""))
                 fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
                 resp = await self._client.request(method, self.upstream + target, headers=fwd, content=body)
                 data = resp.content
@@ -324,13 +328,17 @@ class TamperProxy:
                         out.append(f"{k}: {v}")
                 out.append(f"Content-Length: {len(data)}")
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode())
-                if "/blobs/" in target and method == "GET" and digest in self.cut and resp.status_code == 200:
+                blob_get = "/blobs/" in target and method == "GET"
+                if blob_get and digest in self.cut and resp.status_code == 200:
                     writer.write(data[: len(data) // 2])
+                    self.sent[digest] = self.sent.get(digest, 0) + len(data) // 2
                     await writer.drain()
                     writer.close()
                     return
                 if method != "HEAD":
                     writer.write(data)
+                    if blob_get:
+                        self.sent[digest] = self.sent.get(digest, 0) + len(data)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass

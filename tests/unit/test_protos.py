@@ -38,6 +38,17 @@ def test_cri_stubs_import_package_absolute() -> None:
     assert hasattr(api_pb2_grpc, "RuntimeServiceStub") and hasattr(api_pb2_grpc, "ImageServiceServicer")
 
 
+def test_frakpy_service_is_its_own_package() -> None:
+    from frakpy.cri.proto import api_pb2, frakpy_pb2, frakpy_pb2_grpc
+
+    assert frakpy_pb2.DESCRIPTOR.package == "frakpy.v1"
+    assert frakpy_pb2.DESCRIPTOR.services_by_name["Progress"].methods_by_name["WatchPull"].server_streaming
+    assert hasattr(frakpy_pb2_grpc, "ProgressStub") and hasattr(frakpy_pb2_grpc, "add_ProgressServicer_to_server")
+    assert list(api_pb2.DESCRIPTOR.dependencies) == [] or all(
+        d.package != "frakpy.v1" for d in api_pb2.DESCRIPTOR.dependencies
+    )
+
+
 def test_check_reports_stale_missing_and_orphan_files(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "tools"))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import pytest
 from frakpy.cli.main import main
 from frakpy.cri.proto import api_pb2 as pb
 from frakpy.cri.proto import api_pb2_grpc as pbg
+from frakpy.cri.proto import frakpy_pb2 as fpb
+from frakpy.cri.proto import frakpy_pb2_grpc as fpbg
 
 NOW_NS = 1_700_000_000 * 10**9
 
@@ -78,6 +81,10 @@ class FakeState:
             pb.Image(id=IMG_NGINX, repo_digests=["docker.io/library/nginx@sha256:abc"], size=70_000_000),
         ]
     )
+
+    progress: list[fpb.PullProgress] | None = None
+    """Snapshots WatchPull streams; None: the service answers UNIMPLEMENTED (like containerd)."""
+    pull_started: threading.Event = field(default_factory=threading.Event)
 
     def record(self, name: str, req: Any) -> None:
         self.calls.append((name, req))
@@ -209,6 +216,7 @@ class FakeImages(pbg.ImageServiceServicer):
 
     def PullImage(self, req, ctx):  # noqa: N802
         self.st.record("PullImage", req)
+        self.st.pull_started.set()
         return pb.PullImageResponse(image_ref=IMG_BUSYBOX)
 
     def RemoveImage(self, req, ctx):  # noqa: N802
@@ -216,6 +224,19 @@ class FakeImages(pbg.ImageServiceServicer):
         return pb.RemoveImageResponse()
 
     # ImageFsInfo is left to the generated base class: it answers UNIMPLEMENTED.
+
+
+class FakeProgress(fpbg.ProgressServicer):
+    def __init__(self, st: FakeState) -> None:
+        self.st = st
+
+    def WatchPull(self, req, ctx):  # noqa: N802
+        self.st.record("WatchPull", req)
+        if self.st.progress is None:
+            ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        yield fpb.PullProgress(image="docker.io/library/busybox:latest", stage=fpb.PULL_STAGE_WAITING)
+        self.st.pull_started.wait(5)  # the pull begins when PullImage arrives
+        yield from self.st.progress
 
 
 @dataclass
@@ -236,6 +257,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pbg.add_RuntimeServiceServicer_to_server(FakeRuntime(st), server)
     pbg.add_ImageServiceServicer_to_server(FakeImages(st), server)
+    fpbg.add_ProgressServicer_to_server(FakeProgress(st), server)
     server.add_insecure_port(f"unix://{sock}")
     server.start()
     monkeypatch.setattr("frakpy.cli.output._now", lambda: NOW_NS / 1e9 + 5)

@@ -98,10 +98,29 @@ def test_images_table_and_quiet(fake, capsys):
     assert fake.run("images") == 0
     rows = _rows(capsys.readouterr().out)
     assert rows[0] == ["IMAGE", "TAG", "IMAGE", "ID", "SIZE"]
-    assert ["docker.io/library/busybox", "latest", "e" * 13, "4.262MB"] in rows
+    assert ["docker.io/library/busybox", "latest", "e" * 13, "4.26MB"] in rows
     assert ["docker.io/library/nginx", "<none>", "f" * 13, "70MB"] in rows
     assert fake.run("images", "-q") == 0
     assert capsys.readouterr().out.split()[0] == IMG_BUSYBOX
+
+
+def test_images_digests_pinned_and_verbose_like_crictl(fake, capsys):
+    fake.state.images[0].pinned = True
+    fake.state.images[0].repo_digests.append("docker.io/library/busybox@sha256:" + "d" * 64)
+    assert fake.run("images", "--digests", "--pinned") == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows[0] == ["IMAGE", "TAG", "DIGEST", "IMAGE", "ID", "SIZE", "PINNED"]
+    assert ["docker.io/library/busybox", "latest", "d" * 13, "e" * 13, "4.26MB", "true"] in rows
+    assert ["docker.io/library/nginx", "<none>", "abc", "f" * 13, "70MB", "false"] in rows
+    assert fake.run("images", "-v") == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[0].splitlines() == [
+        f"ID: {IMG_BUSYBOX}",
+        "RepoTags: docker.io/library/busybox:latest",
+        "RepoDigests: docker.io/library/busybox@sha256:" + "d" * 64,
+        "Size: 4261550",
+        "Pinned: true",
+    ]
 
 
 def test_info_decodes_verbose_json(fake, capsys):
