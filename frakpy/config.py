@@ -67,6 +67,8 @@ class StreamingConfig:
     address: str = _f("127.0.0.1", "Address of the exec/attach/port-forward streaming server.")
     port: int = _f(0, "Port of the streaming server; 0 picks a free one.", minimum=0)
     token_ttl_s: float = _f(60.0, "Lifetime of a streaming URL's single-use token.", minimum=1)
+    tls_cert: str = _f("", "PEM certificate of the streaming server; with tls_key serves HTTPS, empty = plain HTTP.")
+    tls_key: str = _f("", "PEM private key matching tls_cert; empty = plain HTTP.")
 
 
 @dataclass

@@ -494,3 +494,41 @@ class AgentClient:
                                      pod_ips=list(pod_ips), host_aliases=list(host_aliases))
         r = await self._call("SetupNetwork", req, pb.SetupNetworkResponse, timeout)
         return str(r.interface)
+
+    # --- port forwarding --------------------------------------------------------------------
+
+    async def port_connect(self, port: int, *, window_bytes: int = 0) -> AsyncIterator[PortChunk]:
+        """Connect to ``port`` on the guest's loopback. The first chunk carries the conn_id and no
+        data; then data (acknowledge with ``port_ack`` or the agent stops reading once
+        ``window_bytes`` are unacknowledged); then one with ``eof``; ends after ``port_close``.
+        Nothing listening: Unavailable "... port N: connection refused"."""
+        req = pb.PortConnectRequest(port=port, window_bytes=window_bytes)
+        async for d in self._stream("PortConnect", req, pb.PortData, None):
+            yield PortChunk(conn_id=d.conn_id, offset=d.offset, data=d.data, eof=d.eof)
+
+    async def port_ack(self, conn_id: str, up_to_offset: int, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._call("PortAck", pb.PortAckRequest(conn_id=conn_id, up_to_offset=up_to_offset),
+                         pb.PortAckResponse, timeout)
+
+    async def port_write(self, conn_id: str, data: bytes = b"", *, close_write: bool = False,
+                         timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Blocks until the guest socket took ``data`` (backpressure); ``close_write`` then
+        shuts its write half down."""
+        r = await self._call("PortWrite", pb.PortWriteRequest(conn_id=conn_id, data=data, close_write=close_write),
+                             pb.PortWriteResponse, timeout)
+        return int(r.written)
+
+    async def port_close(self, conn_id: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._call("PortClose", pb.PortCloseRequest(conn_id=conn_id), pb.PortCloseResponse, timeout)
+
+
+@dataclass(frozen=True)
+class PortChunk:
+    conn_id: str
+    offset: int  # offset of data[0] in what the guest side sent
+    data: bytes
+    eof: bool  # the guest side closed its write half
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)

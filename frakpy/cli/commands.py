@@ -376,6 +376,10 @@ def cmd_exec(args: Any, cri: CRIClient) -> int:
     if not args.command:
         raise CLIError("exec needs a command after the container id", exit_code=2)
     cid = resolve_container(cri, args.id)
+    if getattr(args, "interactive", False) or getattr(args, "tty", False):
+        from frakpy.cli.streams import cmd_exec_stream
+
+        return cmd_exec_stream(args, cri, cid)
     req = pb.ExecSyncRequest(container_id=cid, cmd=args.command, timeout=args.timeout)
     deadline = args.timeout + 10 if args.timeout else None
     resp = cri.call(cri.runtime.ExecSync, req, timeout=deadline if deadline else 24 * 3600)
@@ -386,6 +390,18 @@ def cmd_exec(args: Any, cri: CRIClient) -> int:
     sys.stderr.buffer.write(resp.stderr)
     sys.stderr.buffer.flush()
     return int(resp.exit_code)
+
+
+def cmd_attach(args: Any, cri: CRIClient) -> int:
+    from frakpy.cli.streams import cmd_attach as attach
+
+    return attach(args, cri)
+
+
+def cmd_port_forward(args: Any, cri: CRIClient) -> int:
+    from frakpy.cli.streams import cmd_port_forward as port_forward
+
+    return port_forward(args, cri)
 
 
 def cmd_logs(args: Any, cri: CRIClient) -> int:

@@ -122,11 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     _output_opt(p, ("json", "yaml"), "json")
 
-    p = verb("exec", "cmd_exec", "run a command in a container (ExecSync)")
+    p = verb("exec", "cmd_exec", "run a command in a container (ExecSync; with -i/-t streamed by CRI Exec)")
     p.add_argument("-s", "--sync", action="store_true", help="accepted for crictl compatibility; always sync")
     p.add_argument("--timeout", type=int, default=0, metavar="SECONDS", help="kill the command after this")
     p.add_argument("id", metavar="ID")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
+    from frakpy.cli import streams
+
+    streams.add_exec_flags(p)
+    streams.add_parser(sub)
 
     p = verb("logs", "cmd_logs", "print a container's log")
     p.add_argument("id", metavar="ID")

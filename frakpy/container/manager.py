@@ -3,6 +3,16 @@
 The guest agent runs the containers; this side keeps the records, attaches each image to
 a sandbox's VM once (a read-only SCSI disk, refcounted per sandbox), pumps output into the
 CRI log file and learns about exits from one ``Events`` stream per sandbox.
+
+CRI mounts (volumes): each ``host_path`` must exist (INVALID_ARGUMENT before any VM work); it
+is bind-mounted into the sandbox's virtio-9p share as ``<container id>-<n>``, in the volume
+mount namespace of frakpy.sandbox.share (read-only on the host when every mount of it is
+readonly; a slave of the node's mount for HostToContainer) and
+the spec binds ``SHARES_DIR/<entry>`` at ``container_path`` (rprivate; Bidirectional refused,
+see frakpy.container.spec). The guest mounts the share at the pod's first container with
+mounts. A container's binds go with it (RemoveContainer, a failed create, recover() for
+containers without a record). A termination-message path that is a CRI mount is read on the
+host, where the container's writes landed through 9p.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import posixpath
 import secrets
 import signal as signals
 import time
@@ -24,10 +36,17 @@ from frakpy.agent.protocol import guestpaths as gp
 from frakpy.config import Config
 from frakpy.container.logs import CriLogWriter
 from frakpy.container.model import Container, ContainerMetadata, ContainerState
-from frakpy.container.spec import ImageConfig, build_spec, oci_resources
+from frakpy.container.spec import (
+    DEFAULT_TERMINATION_PATH,
+    TERMINATION_PATH_ANNOTATION,
+    ImageConfig,
+    build_spec,
+    oci_resources,
+)
 from frakpy.errors import DeadlineExceeded, FailedPrecondition, FrakpyError, InvalidArgument, NotFound
 from frakpy.events import ContainerEvent, ContainerEventType, EventBus
 from frakpy.image.store import ImageStore
+from frakpy.sandbox import share as sandbox_share
 from frakpy.sandbox.manager import SandboxManager
 from frakpy.sandbox.model import Sandbox, SandboxState
 from frakpy.sandbox.vmboot import RunningVM
@@ -51,6 +70,17 @@ class _SandboxState:
     images: dict[str, int] = field(default_factory=dict)  # image mount id -> containers using it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     events: asyncio.Task[None] | None = None
+    share_mounted: bool = False  # the guest mounted the volume share (MountShare)
+
+
+@dataclass
+class _Volume:
+    """One host path of a container's CRI mounts, bound into the sandbox share as ``name``."""
+
+    name: str
+    host_path: str
+    readonly: bool = True  # every mount of it is readonly
+    slave: bool = False  # some mount of it asks for HostToContainer propagation
 
 
 class ContainerManager:
@@ -70,6 +100,7 @@ class ContainerManager:
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._writers: dict[str, CriLogWriter] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._attached: dict[str, set[Any]] = {}  # container id -> attach subscribers (streams.py)
         self.events = EventBus()
         sandboxes.before_stop.append(self._before_sandbox_stop)
         sandboxes.on_remove.append(self._on_sandbox_remove)
@@ -126,10 +157,9 @@ class ContainerManager:
         img = self.images.status(ref)
         if img is None:
             raise NotFound(f"image {ref!r} not found; pull it first")
-        if config.get("mounts"):
-            raise InvalidArgument("volumes are not supported yet")
 
         cid = secrets.token_hex(32)
+        volumes = _plan_volumes(cid, config.get("mounts") or [])  # host paths checked: no VM work yet
         log_path = ""
         if sb.log_directory and config.get("log_path"):
             log_path = str(Path(sb.log_directory) / config["log_path"])
@@ -145,8 +175,20 @@ class ContainerManager:
                                     working_dir=img.working_dir, user=img.user, stop_signal=img.stop_signal,
                                     labels=dict(img.labels))
             spec = build_spec(config, sandbox_config or sb.config, image_cfg, container_id=cid, sandbox_id=sb.id,
-                              resolve_mount=_no_volumes, hostname=sb.hostname)
+                              resolve_mount=lambda host: f"{gp.SHARES_DIR}/{volumes[host].name}",
+                              hostname=sb.hostname)
             c.stop_signal = spec.get("annotations", {}).get(gp.ANN_STOP_SIGNAL, "SIGTERM")
+            if volumes:
+                share = self.sandboxes.share_dir(sb.id)
+                undo.callback(self.sandboxes.volumes.unbind_container, share, cid)
+                for v in volumes.values():
+                    try:
+                        self.sandboxes.volumes.bind(share, v.name, v.host_path, readonly=v.readonly,
+                                                    slave=v.slave)
+                    except OSError as exc:
+                        raise FrakpyError(f"host path {v.host_path} not shared with sandbox {sb.id[:12]}: "
+                                          f"{exc}") from exc
+                await self._ensure_share(sb.id, running)
             c.image_mount_id = await self._acquire_image(sb.id, running, img.id, img.fsimage_path)
             undo.push_async_callback(self._release_image, sb.id, c.image_mount_id)
             self._ensure_events(sb.id, running)
@@ -176,6 +218,19 @@ class ContainerManager:
                 undo.pop_all()
             st.images[mount_id] = 1
             return mount_id
+
+    async def _ensure_share(self, sandbox_id: str, running: RunningVM) -> None:
+        """Mount the sandbox's 9p share in the guest (once; MountShare is idempotent, so after a
+        daemon restart asking again is harmless)."""
+        st = self._sbstate(sandbox_id)
+        async with st.lock:
+            if st.share_mounted:
+                return
+            t0 = time.monotonic()
+            await _agent(running).mount_share(sandbox_share.TAG, gp.SHARES_DIR, msize=sandbox_share.MSIZE)
+            st.share_mounted = True
+            log.info("sandbox %s: volume share mounted in the guest in %.1f ms", sandbox_id[:12],
+                     (time.monotonic() - t0) * 1000)
 
     async def _release_image(self, sandbox_id: str, mount_id: str) -> None:
         st = self._sb.get(sandbox_id)
@@ -233,11 +288,15 @@ class ContainerManager:
         """The container's termination-log (first 4096 bytes), read from the guest once it exited;
         with FallbackToLogsOnError and an empty file after a failure, the tail of its log."""
         data = b""
-        try:
-            st = await _agent(running).container_state(c.id, timeout=5.0)
-            data = st.termination_message[:TERMINATION_MESSAGE_MAX]
-        except (FrakpyError, OSError, TimeoutError) as exc:
-            log.debug("container %s: termination message not read: %s", c.id[:12], exc)
+        host_file = _host_termination_file(c)
+        if host_file:  # a CRI mount: the container wrote it through 9p into the host file
+            data = _read_head(host_file, TERMINATION_MESSAGE_MAX)
+        else:
+            try:
+                st = await _agent(running).container_state(c.id, timeout=5.0)
+                data = st.termination_message[:TERMINATION_MESSAGE_MAX]
+            except (FrakpyError, OSError, TimeoutError) as exc:
+                log.debug("container %s: termination message not read: %s", c.id[:12], exc)
         if data or exit_code == 0 or not c.log_path:
             return data.decode(errors="replace")
         policy = c.annotations.get(POLICY_ANNOTATION) or (c.config.get("annotations") or {}).get(POLICY_ANNOTATION)
@@ -283,6 +342,9 @@ class ContainerManager:
         assert agent is not None
         try:
             async for chunk in agent.read_output(c.id, from_offset=c.output_offset):
+                for sub in list(self._attached.get(c.id, ())):
+                    if not sub.offer(chunk):  # never blocks; False: too slow, dropped
+                        self.unsubscribe_output(c.id, sub)
                 w = self._writers.get(c.id)
                 if w is not None:
                     w.write(chunk.stream.value, chunk.data, time_ns=chunk.time_ns or None, offset=chunk.offset)
@@ -308,6 +370,25 @@ class ContainerManager:
             w = self._writers.get(c.id)
             if w is not None:
                 w.flush_partial()
+            for sub in self._attached.pop(c.id, ()):
+                sub.end()
+
+    def subscribe_output(self, container_id: str, sub: Any) -> bool:
+        """Attach: ``_pump`` also hands every chunk of the main process to ``sub.offer(chunk)``
+        (must not block; returning False unsubscribes it) and calls ``sub.end()`` when the
+        output ended. False when no pump runs (the container's output already ended)."""
+        pump = self._pumps.get(container_id)
+        if pump is None or pump.done():
+            return False
+        self._attached.setdefault(container_id, set()).add(sub)
+        return True
+
+    def unsubscribe_output(self, container_id: str, sub: Any) -> None:
+        subs = self._attached.get(container_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                self._attached.pop(container_id, None)
 
     # -- StopContainer ----------------------------------------------------------------------------
     async def stop(self, container_id: str, timeout: int = 0) -> None:  # noqa: ASYNC109
@@ -351,7 +432,9 @@ class ContainerManager:
             return
         if st.finished_at_ns and not c.finished_at:
             c.mark_exited(st.exit_code, st.finished_at_ns, oom_killed=st.oom_killed)
-            c.message = st.termination_message[:TERMINATION_MESSAGE_MAX].decode(errors="replace")
+            host_file = _host_termination_file(c)
+            data = _read_head(host_file, TERMINATION_MESSAGE_MAX) if host_file else st.termination_message
+            c.message = data[:TERMINATION_MESSAGE_MAX].decode(errors="replace")
             self._exited_now(c)
 
     # -- RemoveContainer --------------------------------------------------------------------------
@@ -379,6 +462,8 @@ class ContainerManager:
         if w is not None:
             w.close()
         await self._release_image(c.sandbox_id, c.image_mount_id)
+        if c.config.get("mounts"):
+            self.sandboxes.volumes.unbind_container(self.sandboxes.share_dir(c.sandbox_id), c.id)
         self.records.delete(c.id)
         self.containers.remove(c.id)
         self.names.release(c.name_key)
@@ -521,6 +606,15 @@ class ContainerManager:
                     _truncate_unrecorded(c)
                     self._writers[c.id] = CriLogWriter(c.log_path)
                 self._pumps[c.id] = asyncio.ensure_future(self._pump(c, running))
+        # volume binds live in the pinned volume mount namespace and survived the restart: keep
+        # those of known containers, drop those of containers without a record (crash mid-create)
+        known = {c.id for c in self.containers.values()}
+        for sb in self.sandboxes.sandboxes.values():
+            share = self.sandboxes.share_dir(sb.id)
+            for name in sandbox_share.entries(share):
+                if sandbox_share.container_of(name) not in known:
+                    log.info("sandbox %s: dropping volume bind %s of a removed container", sb.id[:12], name)
+                    self.sandboxes.volumes.unbind(share / name)
 
     async def close(self) -> None:
         for task in [*self._pumps.values(), *(s.events for s in self._sb.values() if s.events)]:
@@ -571,8 +665,43 @@ def _truncate_unrecorded(c: Container) -> None:
         log.warning("container %s: log %s not truncated: %s", c.id[:12], c.log_path, exc)
 
 
-def _no_volumes(host_path: str) -> str:
-    raise InvalidArgument("volumes are not supported yet")
+def _plan_volumes(container_id: str, mounts: list[dict[str, Any]]) -> dict[str, _Volume]:
+    """One share entry per distinct host path; a missing host path is INVALID_ARGUMENT."""
+    out: dict[str, _Volume] = {}
+    for m in mounts:
+        host = m.get("host_path", "")
+        if not host:
+            continue  # build_spec says what is wrong with it
+        if not host.startswith("/"):
+            raise InvalidArgument(f"mount {m.get('container_path', '')}: host path {host!r} must be absolute")
+        if not os.path.exists(host):
+            raise InvalidArgument(f"mount {m.get('container_path', '')}: host path {host} does not exist")
+        v = out.get(host)
+        if v is None:
+            v = out[host] = _Volume(sandbox_share.entry_name(container_id, len(out)), host)
+        v.readonly = v.readonly and bool(m.get("readonly"))
+        v.slave = v.slave or m.get("propagation") == "PROPAGATION_HOST_TO_CONTAINER"
+        if m.get("selinux_relabel"):
+            log.debug("mount %s: selinux_relabel ignored (no SELinux in the guest)", m.get("container_path", ""))
+    return out
+
+
+def _host_termination_file(c: Container) -> str:
+    """The host file behind the container's termination-message path when a CRI mount covers it."""
+    annotations = c.config.get("annotations") or {}
+    dest = posixpath.normpath(annotations.get(TERMINATION_PATH_ANNOTATION) or DEFAULT_TERMINATION_PATH)
+    for m in c.config.get("mounts") or []:
+        if m.get("container_path") and posixpath.normpath(m["container_path"]) == dest:
+            return str(m.get("host_path", ""))
+    return ""
+
+
+def _read_head(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
 
 
 def _signal_number(name: str) -> int:

@@ -15,8 +15,15 @@ The pod VM is the isolation boundary, which shapes a few choices:
 * privileged means privileged *inside the VM*: every capability, no seccomp, nothing masked,
   /sys and the cgroup tree writable, every device of the VM (never of the node) allowed;
 * user names are resolved in the guest against the image's /etc/passwd (``io.frakpy.user``);
-* host paths of CRI mounts are turned into guest paths by the caller's ``resolve_mount``;
-  mount propagation between the node and a VM is impossible and refused by default.
+* host paths of CRI mounts are turned into guest paths by the caller's ``resolve_mount`` (the
+  container manager binds each one into the pod's virtio-9p share, see frakpy.sandbox.share);
+  in the guest they are ``rprivate`` binds. HostToContainer propagation is done on the host
+  side (the share's bind is a slave of the node's mount, so later node mounts show through
+  9p); Bidirectional cannot be (mounts made in the VM never reach the node) and is refused
+  unless ``allow_propagation_emulation`` makes it private with a note;
+* ``recursive_read_only`` (which needs ``readonly``) is plain ``ro``: the guest sees a volume
+  as one 9p mount without submounts, so ``ro`` is recursive already, and the host side of a
+  read-only volume is made read-only recursively too.
 """
 
 from __future__ import annotations
@@ -499,8 +506,8 @@ def _cri_mount(m: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
         raise InvalidArgument(f"{where}: image volumes are not supported; use a host path")
     if m.get("uidMappings") or m.get("gidMappings"):
         raise InvalidArgument(f"{where}: id-mapped mounts are not supported")
-    if m.get("recursive_read_only"):
-        raise InvalidArgument(f"{where}: recursive read-only mounts are not supported; use readonly")
+    if m.get("recursive_read_only") and not m.get("readonly"):
+        raise InvalidArgument(f"{where}: recursive_read_only needs readonly to be set too")
     host = m.get("host_path", "")
     if not host:
         raise InvalidArgument(f"{where}: host_path is empty")
@@ -509,19 +516,27 @@ def _cri_mount(m: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
 
 
 def _propagation(value: str | None, where: str, inputs: Inputs) -> str:
-    if value in (None, "PROPAGATION_PRIVATE"):
+    """Guest-side propagation of a CRI mount: always rprivate (HostToContainer is the host
+    bind's business; Bidirectional is refused unless emulated as private)."""
+    if value in (None, "PROPAGATION_PRIVATE", "PROPAGATION_HOST_TO_CONTAINER"):
         return "rprivate"
+    if value != "PROPAGATION_BIDIRECTIONAL":
+        raise InvalidArgument(f"{where}: unknown mount propagation {value!r}")
     if not inputs.allow_propagation_emulation:
         raise InvalidArgument(
-            f"{where}: mount propagation {value} needs mounts to travel between the node and "
-            "the container, which a VM cannot do; use mountPropagation: None"
+            f"{where}: mount propagation {value} needs mounts made in the container to reach the "
+            "node, which a VM cannot do; use mountPropagation: None or HostToContainer"
         )
-    return "rslave" if value == "PROPAGATION_HOST_TO_CONTAINER" else "rshared"
+    return "rprivate"
 
 
 def with_selinux_relabel_note(spec: dict[str, Any], inputs: Inputs) -> None:
-    if any(m.get("selinux_relabel") for m in inputs.container.get("mounts") or []):
+    mounts = inputs.container.get("mounts") or []
+    if any(m.get("selinux_relabel") for m in mounts):
         _note(spec, "mounts[].selinux_relabel ignored: the guest runs without SELinux")
+    if any(m.get("propagation") == "PROPAGATION_BIDIRECTIONAL" for m in mounts):
+        _note(spec, "mounts[].propagation Bidirectional emulated as private: mounts made in a VM "
+                    "cannot reach the node")
 
 
 # --- annotations -----------------------------------------------------------------------------

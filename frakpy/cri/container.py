@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frakpy.container.manager import ContainerManager
 from frakpy.container.model import ContainerState
 from frakpy.cri import convert
 from frakpy.cri.proto import api_pb2 as pb
-from frakpy.errors import FrakpyError
+from frakpy.errors import FailedPrecondition, FrakpyError, InvalidArgument, Unimplemented
 from frakpy.events import ContainerEventType
+from frakpy.streaming import backend
+
+if TYPE_CHECKING:
+    from frakpy.streaming.server import StreamingServer
 
 _EVENT_TO_PB = {
     ContainerEventType.CREATED: pb.CONTAINER_CREATED_EVENT, ContainerEventType.STARTED: pb.CONTAINER_STARTED_EVENT,
@@ -19,8 +23,9 @@ _EVENT_TO_PB = {
 
 
 class ContainerServicer:
-    def __init__(self, containers: ContainerManager) -> None:
+    def __init__(self, containers: ContainerManager, streaming: StreamingServer | None = None) -> None:
         self.containers = containers
+        self.streaming = streaming
 
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.CreateContainerResponse:
         c = await self.containers.create(
@@ -55,6 +60,41 @@ class ContainerServicer:
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
         r = await self.containers.exec_sync(request.container_id, list(request.cmd), int(request.timeout))
         return pb.ExecSyncResponse(stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code)
+
+    def _streamable(self, container_id: str, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> str:
+        """Exec/Attach checks up front, as containerd and kubelet's streaming server make them."""
+        if self.streaming is None:
+            raise Unimplemented("this frakpyd runs no streaming server")
+        if not container_id:
+            raise InvalidArgument("missing required container_id")
+        if tty and stderr:
+            raise InvalidArgument("tty and stderr cannot both be true")
+        if not (stdin or stdout or stderr):
+            raise InvalidArgument("one of stdin, stdout, or stderr must be set")
+        c = self.containers.get(container_id)
+        if c.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running ({c.state.value})")
+        return c.id
+
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        cid = self._streamable(request.container_id, request.tty, request.stdin, request.stdout, request.stderr)
+        if not request.cmd:
+            raise InvalidArgument("exec: cmd is empty")
+        assert self.streaming is not None
+        url = self.streaming.exec_url(backend.ExecRequest(
+            container_id=cid, cmd=tuple(request.cmd), tty=request.tty, stdin=request.stdin,
+            stdout=request.stdout, stderr=request.stderr))
+        return pb.ExecResponse(url=url)
+
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        cid = self._streamable(request.container_id, request.tty, request.stdin, request.stdout, request.stderr)
+        c = self.containers.get(cid)
+        if request.stdin and not c.stdin:
+            raise FailedPrecondition(f"container {cid} was not created with stdin: cannot attach to its stdin")
+        assert self.streaming is not None
+        url = self.streaming.attach_url(backend.AttachRequest(
+            container_id=cid, tty=request.tty, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr))
+        return pb.AttachResponse(url=url)
 
     async def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
                                  context: Any) -> pb.ReopenContainerLogResponse:

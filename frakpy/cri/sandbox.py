@@ -7,18 +7,39 @@ from typing import TYPE_CHECKING, Any
 
 from frakpy.cri import convert
 from frakpy.cri.proto import api_pb2 as pb
-from frakpy.errors import FrakpyError
+from frakpy.errors import FailedPrecondition, FrakpyError, InvalidArgument, NotFound, Unimplemented
 from frakpy.sandbox.manager import SandboxManager
 from frakpy.sandbox.model import SandboxState
+from frakpy.streaming.backend import PortForwardRequest
 
 if TYPE_CHECKING:
     from frakpy.container.manager import ContainerManager
+    from frakpy.streaming.server import StreamingServer
 
 
 class SandboxServicer:
-    def __init__(self, sandboxes: SandboxManager, containers: ContainerManager | None = None) -> None:
+    def __init__(self, sandboxes: SandboxManager, containers: ContainerManager | None = None,
+                 streaming: StreamingServer | None = None) -> None:
         self.sandboxes = sandboxes
         self.containers = containers
+        self.streaming = streaming
+
+    async def PortForward(self, request: pb.PortForwardRequest, context: Any) -> pb.PortForwardResponse:
+        """The URL of the streaming server for this pod's ports (checked up front as containerd does)."""
+        if self.streaming is None:
+            raise Unimplemented("this frakpyd runs no streaming server")
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("missing required pod_sandbox_id")
+        sb = self.sandboxes.sandboxes.find(request.pod_sandbox_id)
+        if sb is None or sb.state is SandboxState.CREATING:
+            raise NotFound(f"sandbox {request.pod_sandbox_id!r} not found")
+        if sb.state is not SandboxState.READY:
+            raise FailedPrecondition(f"sandbox {sb.id} is not ready ({sb.state.value})")
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"port {port} is out of range")
+        url = self.streaming.port_forward_url(PortForwardRequest(sandbox_id=sb.id, ports=tuple(request.port)))
+        return pb.PortForwardResponse(url=url)
 
     async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Any) -> pb.RunPodSandboxResponse:
         sb = await self.sandboxes.run(convert.run_request(request))

@@ -168,10 +168,11 @@ def test_bad_inputs(env):
             create(c, pod_id, sb_cfg, container_config("x", missing, ["true"]))
         assert exc.value.code == grpc.StatusCode.NOT_FOUND and "missing" in exc.value.details
         cfg = container_config("vol", image, ["true"])
-        cfg.mounts.add(container_path="/data", host_path="/tmp")
+        cfg.mounts.add(container_path="/data", host_path="/nonexistent/frakpy-volume")
         with pytest.raises(CRIError) as exc:
             create(c, pod_id, sb_cfg, cfg)
-        assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT and "volumes" in exc.value.details
+        assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert exc.value.details == "mount /data: host path /nonexistent/frakpy-volume does not exist"
         with pytest.raises(CRIError) as exc:
             c.call(c.runtime.StartContainer, pb.StartContainerRequest(container_id="f" * 64))
         assert exc.value.code == grpc.StatusCode.NOT_FOUND

@@ -550,3 +550,61 @@ class SetupNetworkResponse(_message.Message):
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
     interface: str
     def __init__(self, interface: _Optional[str] = ...) -> None: ...
+
+class PortConnectRequest(_message.Message):
+    __slots__ = ("port", "window_bytes")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    window_bytes: int
+    def __init__(self, port: _Optional[int] = ..., window_bytes: _Optional[int] = ...) -> None: ...
+
+class PortData(_message.Message):
+    __slots__ = ("conn_id", "offset", "data", "eof")
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    conn_id: str
+    offset: int
+    data: bytes
+    eof: bool
+    def __init__(self, conn_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ...) -> None: ...
+
+class PortAckRequest(_message.Message):
+    __slots__ = ("conn_id", "up_to_offset")
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    conn_id: str
+    up_to_offset: int
+    def __init__(self, conn_id: _Optional[str] = ..., up_to_offset: _Optional[int] = ...) -> None: ...
+
+class PortAckResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PortWriteRequest(_message.Message):
+    __slots__ = ("conn_id", "data", "close_write")
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_WRITE_FIELD_NUMBER: _ClassVar[int]
+    conn_id: str
+    data: bytes
+    close_write: bool
+    def __init__(self, conn_id: _Optional[str] = ..., data: _Optional[bytes] = ..., close_write: _Optional[bool] = ...) -> None: ...
+
+class PortWriteResponse(_message.Message):
+    __slots__ = ("written",)
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    def __init__(self, written: _Optional[int] = ...) -> None: ...
+
+class PortCloseRequest(_message.Message):
+    __slots__ = ("conn_id",)
+    CONN_ID_FIELD_NUMBER: _ClassVar[int]
+    conn_id: str
+    def __init__(self, conn_id: _Optional[str] = ...) -> None: ...
+
+class PortCloseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -74,6 +74,10 @@ LAZY_METHODS = {
     "ContainerStats": ("stats", "container_stats", "ContainerStatsRequest", False, True),
     "SandboxStats": ("stats", "sandbox_stats", "SandboxStatsRequest", False, False),
     "SetupNetwork": ("network", "setup_network", "SetupNetworkRequest", False, False),
+    "PortConnect": ("portforward", "port_connect", "PortConnectRequest", True, False),
+    "PortAck": ("portforward", "port_ack", "PortAckRequest", False, False),
+    "PortWrite": ("portforward", "port_write", "PortWriteRequest", False, False),
+    "PortClose": ("portforward", "port_close", "PortCloseRequest", False, False),
 }
 
 

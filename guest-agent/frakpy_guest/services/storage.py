@@ -81,7 +81,10 @@ async def mount_share(rt: Runtime, req: pb.MountShareRequest, call: ServerCall) 
         raise err(Code.ALREADY_EXISTS, f"{guest_path} already has share {rt.shares[guest_path]} mounted")
     path = rt.p(guest_path)
     os.makedirs(path, exist_ok=True)
-    opts = f"trans=virtio,version=9p2000.L,msize={req.msize or DEFAULT_MSIZE},cache=none"
+    # cache=mmap: reads and writes go straight to the host (changes visible both ways at once),
+    # and only mmap uses the page cache, so MAP_SHARED writable mappings work (cache=none
+    # refuses them: sqlite WAL and the like on a volume would fail)
+    opts = f"trans=virtio,version=9p2000.L,msize={req.msize or DEFAULT_MSIZE},cache=mmap"
     try:
         rt.system.mount(req.tag, path, "9p", 0, opts)
     except OSError as exc:

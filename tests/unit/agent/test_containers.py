@@ -297,7 +297,7 @@ async def test_share_mount(agent: FakeAgent, client: AgentClient) -> None:
     assert await client.mount_share("vols") == gp.SHARES_DIR
     assert await client.mount_share("vols") == gp.SHARES_DIR
     assert agent.system.mounts == [("vols", str(agent.root) + gp.SHARES_DIR, "9p", 0,
-                                    "trans=virtio,version=9p2000.L,msize=512000,cache=none")]
+                                    "trans=virtio,version=9p2000.L,msize=512000,cache=mmap")]
 
 
 def test_container_machinery_is_not_imported_at_start() -> None:

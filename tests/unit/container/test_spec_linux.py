@@ -146,14 +146,28 @@ def test_cri_mounts_resolved_ordered_and_overriding():
     assert any("selinux_relabel" in n for n in json.loads(spec["annotations"][gp.ANN_NOTES]))
 
 
-@pytest.mark.parametrize("propagation", ["PROPAGATION_HOST_TO_CONTAINER", "PROPAGATION_BIDIRECTIONAL"])
-def test_mount_propagation_refused_unless_emulated(propagation):
-    mounts = [{"container_path": "/m", "host_path": "/h", "propagation": propagation}]
+def test_bidirectional_propagation_refused_unless_emulated():
+    mounts = [{"container_path": "/m", "host_path": "/h", "propagation": "PROPAGATION_BIDIRECTIONAL"}]
     with pytest.raises(InvalidArgument, match="propagation.*VM"):
         spec_for({"mounts": mounts})
     spec = spec_for({"mounts": mounts}, allow_propagation_emulation=True)
-    expected = "rslave" if propagation.endswith("CONTAINER") else "rshared"
-    assert by_dest(spec)["/m"]["options"] == ["rbind", "rw", expected]
+    assert by_dest(spec)["/m"]["options"] == ["rbind", "rw", "rprivate"]
+    assert any("Bidirectional" in n for n in json.loads(spec["annotations"][gp.ANN_NOTES]))
+
+
+@pytest.mark.parametrize("propagation", [None, "PROPAGATION_PRIVATE", "PROPAGATION_HOST_TO_CONTAINER"])
+def test_private_and_host_to_container_are_rprivate_in_the_guest(propagation):
+    mount = {"container_path": "/m", "host_path": "/h", "readonly": True}
+    if propagation:
+        mount["propagation"] = propagation
+    spec = spec_for({"mounts": [mount]}, resolve_mount=lambda h: "/run/frakpy/shares/c-0")
+    assert by_dest(spec)["/m"] == {"destination": "/m", "type": "bind", "source": "/run/frakpy/shares/c-0",
+                                   "options": ["rbind", "ro", "rprivate"]}
+
+
+def test_recursive_read_only_is_ro_and_needs_readonly():
+    mount = {"container_path": "/m", "host_path": "/h", "readonly": True, "recursive_read_only": True}
+    assert by_dest(spec_for({"mounts": [mount]}))["/m"]["options"] == ["rbind", "ro", "rprivate"]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +175,7 @@ def test_mount_propagation_refused_unless_emulated(propagation):
     [
         ({"container_path": "rel", "host_path": "/h"}, "absolute"),
         ({"container_path": "/m"}, "host_path"),
-        ({"container_path": "/m", "host_path": "/h", "recursive_read_only": True}, "recursive"),
+        ({"container_path": "/m", "host_path": "/h", "recursive_read_only": True}, "recursive_read_only needs"),
         ({"container_path": "/m", "image": {"image": "busybox"}}, "image volumes"),
     ],
 )
