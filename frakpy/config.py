@@ -50,6 +50,7 @@ class DaemonConfig:
 @dataclass
 class GuestConfig:
     manifest: str = _f("", "guest.json written by images/build.py; empty means <state_dir>/guest/guest.json.")
+    templates_dir: str = _f("", "Where VM templates are kept; empty means <state_dir>/templates.")
 
 
 @dataclass
@@ -111,6 +112,8 @@ class HandlerConfig:
     qemu_binary: str = _f("qemu-system-x86_64", "QEMU system emulator to run.")
     seccomp: bool = _f(True, "Run QEMU under its own seccomp sandbox (-sandbox on, ...).")
     disable_thp: bool = _f(True, "Disable transparent huge pages for QEMU (saves ~8 MiB per idle VM).")
+    template: bool = _f(True, "Start pods by restoring a saved VM of this handler (a VM template) instead of "
+                              "booting; false gives every pod an independent boot (own kernel address layout).")
 
 
 @dataclass
@@ -130,6 +133,10 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.daemon.run_dir)
+
+    @property
+    def templates_dir(self) -> Path:
+        return Path(self.guest.templates_dir) if self.guest.templates_dir else self.state_dir / "templates"
 
     @property
     def guest_manifest(self) -> Path:

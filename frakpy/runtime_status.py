@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from frakpy import __version__
@@ -45,6 +47,7 @@ class RuntimeInfo:
         self.cfg = cfg
         self.db = db
         self.network_status = network_status
+        self.templates: Any = None  # the sandbox manager's TemplateStore, for its counters
 
     def handler_names(self) -> list[str]:
         return sorted(self.cfg.handlers)
@@ -82,4 +85,12 @@ class RuntimeInfo:
                         "state_schema": self.db.schema_version},
             "accelerator": {"default_handler": choice.name, "reason": choice.reason},
             "pod_cidr": self.db.get_setting("pod_cidr") or "",
+            "templates": self._templates(),
         }
+
+    def _templates(self) -> dict[str, Any]:
+        if self.templates is None:
+            return {}
+        return {"counters": dataclasses.asdict(self.templates.counters),
+                "available": [{"name": Path(m["dir"]).name, "build_s": m.get("build_s")}
+                              for m in self.templates.entries()]}

@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("check", help="validate a config file")
     c.add_argument("--config", metavar="PATH", help="config file (default /etc/frakpy/config.toml)")
     c.set_defaults(handler="config_check")
+
+    from frakpy.cli import templates
+
+    templates.add_parser(sub)
     return ap
 
 
@@ -184,7 +188,14 @@ def _config_check(args: Any) -> int:
     return 0
 
 
-LOCAL = {"daemon": _run_daemon, "config_default": _config_default, "config_check": _config_check}
+def _template(args: Any) -> int:
+    from frakpy.cli import templates
+
+    return templates.run(args)
+
+
+LOCAL = {"daemon": _run_daemon, "config_default": _config_default, "config_check": _config_check,
+         "template": _template}
 
 
 def _run_cri(args: Any) -> int:

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from frakpy.config import Config
 from frakpy.errors import FrakpyError, InvalidArgument, Unavailable
+from frakpy.sandbox import share as sandbox_share
 from frakpy.sandbox import vmboot
 from frakpy.sandbox.model import Sandbox, SandboxMetadata, SandboxState
 from frakpy.sandbox.vmboot import RunningVM
 from frakpy.store.index import IdIndex, NameIndex
 from frakpy.store.records import SandboxRecords
+from frakpy.vm.template import TEMPLATE_MAC, TemplateStore
 
 log = logging.getLogger("frakpy.sandbox")
 
@@ -84,6 +86,9 @@ class SandboxManager:
         self.sandboxes: IdIndex[Sandbox] = IdIndex("sandbox")
         self.names = NameIndex("sandbox")
         self.running: dict[str, RunningVM] = {}
+        self.templates = TemplateStore(cfg.templates_dir, cfg.run_dir)
+        # where the volume binds of every sandbox's 9p share live (frakpy.sandbox.share)
+        self.volumes = sandbox_share.VolumeNamespace(cfg.run_dir)
         self._locks: dict[str, asyncio.Lock] = {}
         # Called before a sandbox's VM is stopped (the container manager stops containers there).
         self.before_stop: list[StopHook] = []
@@ -92,6 +97,10 @@ class SandboxManager:
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def share_dir(self, sandbox_id: str) -> Path:
+        """The host dir exported to the sandbox's VM for CRI mounts (frakpy.sandbox.share)."""
+        return sandbox_share.share_dir(self.cfg.run_dir, sandbox_id)
 
     # -- queries (memory only) ----------------------------------------------------------------
     def get(self, sandbox_id: str) -> Sandbox:
@@ -137,6 +146,12 @@ class SandboxManager:
             run_dir.mkdir(parents=True, exist_ok=False)
             undo.callback(shutil.rmtree, run_dir, True)
             spec = vmboot.build_spec(self.cfg, sb, handler, run_dir)
+            # the 9p export for CRI mounts; mounted in the guest only when a container needs it
+            share = sandbox_share.create(self.share_dir(sb.id))
+            undo.callback(self.volumes.destroy_share, share)
+            share_fd = [self.volumes.open_root(share)]  # QEMU opens the share in the volume namespace
+            undo.callback(_close_fd, share_fd)
+            spec.share_dir = Path(f"/proc/self/fd/{share_fd[0]}")
 
             self.sandboxes.add(sb.id, sb)
             undo.callback(self.sandboxes.remove, sb.id)
@@ -144,6 +159,7 @@ class SandboxManager:
             undo.callback(self.records.delete, sb.id)
 
             fds: tuple[int, ...] = ()
+            t_start = time.monotonic()
             if self.network is not None:
                 net_record, fds, overrides = await self.network.setup(sb, req)
                 sb.network = net_record
@@ -153,12 +169,18 @@ class SandboxManager:
                 self.records.save(sb)
                 await _failpoint("after-cni-add")
 
-            running = await vmboot.boot(sb, spec, handler.boot_timeout_s, slog, fds)
+            t_net = time.monotonic()
+            fds = (*fds, share_fd[0])
+            running = await vmboot.launch(sb, spec, handler_name, handler, self.templates, slog, fds)
+            _close_fd(share_fd)  # QEMU holds its own copy
+            t_vm = time.monotonic()
             undo.push_async_callback(running.vm.kill)
             undo.push_async_callback(running.close)
 
             assert running.agent is not None
             net_guest = await self.network.guest_config(sb) if self.network is not None else {}
+            if net_guest and running.extra.get("template"):
+                net_guest["nic_mac"] = TEMPLATE_MAC  # the restored NIC takes the pod's MAC
             await running.agent.setup_sandbox(
                 sb.id,
                 hostname=sb.hostname,
@@ -167,9 +189,14 @@ class SandboxManager:
                 realtime_ns=time.time_ns(),
                 rng_seed=os.urandom(64),
             )
+            t_setup = time.monotonic()
             if net_guest:
                 await running.agent.setup_network(net_guest, hostname=sb.hostname,
                                                   pod_ips=list(sb.network.get("ips", [])))
+            t_done = time.monotonic()
+            sb.vm.boot.update(cni_setup_s=round(t_net - t_start, 3), vm_s=round(t_vm - t_net, 3),
+                              setup_sandbox_s=round(t_setup - t_vm, 3),
+                              setup_network_s=round(t_done - t_setup, 3), run_total_s=round(t_done - t_start, 3))
             sb.transition(SandboxState.READY)
             self.records.save(sb)
             undo.pop_all()
@@ -202,6 +229,7 @@ class SandboxManager:
             for hook in self.before_stop:
                 await hook(sb, running)
             await self._stop_vm(sb, running)
+            self.volumes.destroy_share(self.share_dir(sb.id))  # the VM is gone: drop the volume binds
             if self.network is not None and sb.network:
                 await self.network.teardown(sb)
                 sb.network = {**sb.network, "torn_down": True}
@@ -237,6 +265,7 @@ class SandboxManager:
         async with self._lock(sb.id):
             for hook in self.on_remove:
                 await hook(sb)
+            self.volumes.destroy_share(self.share_dir(sb.id))
             if sb.vm.run_dir:
                 shutil.rmtree(sb.vm.run_dir, ignore_errors=True)
             self.records.delete(sb.id)
@@ -261,6 +290,7 @@ class SandboxManager:
                 if self.network is not None and sb.network:
                     with contextlib.suppress(Exception):
                         await self.network.teardown(sb)
+                self.volumes.destroy_share(self.share_dir(sb.id))
                 if sb.vm.run_dir:
                     shutil.rmtree(sb.vm.run_dir, ignore_errors=True)
                 self.records.delete(sb.id)
@@ -268,6 +298,7 @@ class SandboxManager:
             self.sandboxes.add(sb.id, sb)
             self.names.reserve(sb.metadata.key, sb.id)
             if sb.state is not SandboxState.READY:
+                self.volumes.destroy_share(self.share_dir(sb.id))  # no VM uses it any more
                 continue
             slog = logging.getLogger(f"frakpy.sandbox.{sb.id[:12]}")
             try:
@@ -280,6 +311,10 @@ class SandboxManager:
             self.running[sb.id] = running
             running.watcher = asyncio.ensure_future(self._watch(sb, running))
             log.info("sandbox %s re-adopted (qemu pid %s)", sb.id[:12], sb.vm.pid)
+        known = {sb.id for sb in self.sandboxes.values()}
+        for stray in sandbox_share.entries(sandbox_share.root(self.cfg.run_dir)):
+            if stray not in known:  # the share of a sandbox whose record is gone
+                self.volumes.destroy_share(self.share_dir(stray))
         if self.network is not None:
             # netns whose sandbox record is gone (crash between CNI ADD and the first save)
             alive = {sb.id: sb for sb in self.sandboxes.values() if not sb.network.get("torn_down")}
@@ -297,6 +332,12 @@ class SandboxManager:
         if running is None or running.agent is None:
             raise Unavailable(f"sandbox {sb.id} has no running VM")
         return running
+
+
+def _close_fd(box: list[int]) -> None:
+    if box and box[0] >= 0:
+        os.close(box[0])
+        box[0] = -1
 
 
 async def _failpoint(name: str) -> None:

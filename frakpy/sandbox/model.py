@@ -62,7 +62,7 @@ class VMInfo:
     memory_mib: int = 0
     kernel: str = ""
     rootfs: str = ""
-    boot: dict[str, float] = field(default_factory=dict)  # boot timing breakdown, seconds
+    boot: dict[str, Any] = field(default_factory=dict)  # mode ("cold"|"template"), template, timings (s)
 
 
 @dataclass

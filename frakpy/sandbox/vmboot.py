@@ -18,10 +18,11 @@ from frakpy.agent.client import AgentClient
 from frakpy.config import Config, HandlerConfig
 from frakpy.errors import DeadlineExceeded, FrakpyError, Unavailable
 from frakpy.sandbox.model import Sandbox, VMInfo
-from frakpy.vm import accel
+from frakpy.vm import accel, template
 from frakpy.vm.guest import resolve as resolve_guest
 from frakpy.vm.qemu import QemuVM
 from frakpy.vm.spec import VMSpec
+from frakpy.vm.template import TemplateStore
 
 AGENT_READY_MARK = "frakpy-agent"
 
@@ -51,12 +52,12 @@ class RunningVM:
         await self.vm.close()
 
 
-def build_spec(cfg: Config, sb: Sandbox, handler: HandlerConfig, run_dir: Path) -> VMSpec:
+def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path) -> tuple[VMSpec, accel.AccelChoice]:
+    """The VM a handler gives its pods, before any pod-specific backend is attached."""
     guest = resolve_guest(cfg.guest_manifest, handler)
     choice = accel.choose(handler.accelerator)
-    transport = choose_transport(handler.agent_transport)
     spec = VMSpec(
-        vm_id=sb.id,
+        vm_id=vm_id,
         run_dir=run_dir,
         kernel=guest.kernel,
         rootfs=guest.rootfs,
@@ -68,14 +69,19 @@ def build_spec(cfg: Config, sb: Sandbox, handler: HandlerConfig, run_dir: Path) 
         tb_size_mib=handler.tb_size_mib,
         tsc_khz=accel.host_tsc_khz() if choice.name == "tcg" else None,
         kernel_params=handler.kernel_params,
-        transport=transport,
+        transport=choose_transport(handler.agent_transport),
         seccomp=handler.seccomp,
         qemu_binary=handler.qemu_binary,
     )
+    return spec, choice
+
+
+def build_spec(cfg: Config, sb: Sandbox, handler: HandlerConfig, run_dir: Path) -> VMSpec:
+    spec, choice = handler_spec(cfg, handler, sb.id, run_dir)
     sb.vm = VMInfo(
-        run_dir=str(run_dir), accel=choice.name, accel_reason=choice.reason, transport=transport,
+        run_dir=str(run_dir), accel=choice.name, accel_reason=choice.reason, transport=spec.transport,
         machine=handler.machine, vcpus=handler.vcpus, memory_mib=handler.memory_mib,
-        kernel=str(guest.kernel), rootfs=str(guest.rootfs),
+        kernel=str(spec.kernel), rootfs=str(spec.rootfs),
     )
     return spec
 
@@ -90,8 +96,12 @@ def spec_from_record(sb: Sandbox) -> VMSpec:
 
 
 async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
-               extra_fds: tuple[int, ...] = ()) -> RunningVM:
-    """Start QEMU and wait for the agent; on any failure the VM is killed before raising."""
+               extra_fds: tuple[int, ...] = (), *, restoring: str = "") -> RunningVM:
+    """Start QEMU and wait for the agent; on any failure the VM is killed before raising.
+
+    With ``restoring`` (a template's name) QEMU loads the saved state given as
+    ``spec.incoming_fd`` instead of booting, and GuestDetails is not asked: in a clone nothing
+    may read the kernel's randomness (boot_id) before SetupSandbox reseeded it."""
     vm = QemuVM(spec, log)
     running = RunningVM(vm)
     stage = ["starting QEMU"]
@@ -100,15 +110,26 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
     async def steps() -> None:
         await vm.start(extra_fds)
         t_qmp = time.monotonic()
-        stage[0] = "guest kernel booting"
+        stage[0] = "restoring the VM state" if restoring else "guest kernel booting"
+        if spec.incoming_fd is not None:
+            await vm.qmp.restore_from_fd(spec.incoming_fd)
         running.agent = await AgentClient.connect(spec.agent_uri, timeout=timeout, sandbox_id=sb.id)
-        stage[0] = "guest agent starting"
+        stage[0] = "guest agent answering" if restoring else "guest agent starting"
         await running.agent.health(timeout=timeout)
         t_ready = time.monotonic()
+        if restoring:
+            sb.vm.boot = {
+                "mode": "template", "template": restoring,
+                "total_s": round(t_ready - t0, 3),
+                "qemu_spawn_to_qmp_s": round(t_qmp - vm.spawned_at, 3),
+                "restore_to_agent_s": round(t_ready - t_qmp, 3),
+            }
+            return
         details = await running.agent.guest_details()
         t_details = time.monotonic()
         ready_uptime = float(details.agent_ready_uptime)
         sb.vm.boot = {
+            "mode": "cold",
             "total_s": round(t_ready - t0, 3),
             "qemu_spawn_to_qmp_s": round(t_qmp - vm.spawned_at, 3),
             "qemu_to_kernel_s": round(max(0.0, (t_ready - vm.spawned_at) - ready_uptime), 3),
@@ -135,7 +156,7 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
         if stage[0] == "guest kernel booting" and AGENT_READY_MARK in vm.console_tail(100_000):
             stage[0] = "guest agent starting"
         raise DeadlineExceeded(
-            f"sandbox {sb.id[:12]}: the VM did not boot within {timeout:.0f}s "
+            f"sandbox {sb.id[:12]}: the VM did not {'restore' if restoring else 'boot'} within {timeout:.0f}s "
             f"(stage reached: {stage[0]}); console: {vm.console_tail() or '(empty)'}"
         )
     except BaseException:
@@ -149,6 +170,55 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
         raise
     finally:
         died.cancel()
+
+
+async def launch(sb: Sandbox, spec: VMSpec, handler_name: str, handler: HandlerConfig,
+                 templates: TemplateStore | None, log: logging.Logger,
+                 extra_fds: tuple[int, ...] = ()) -> RunningVM:
+    """Start the pod's VM: restored from the handler's template when enabled, else booted.
+
+    Any failure on the template path (building it, its files, the restore itself) falls back
+    to a cold boot for this pod, logged with the reason and counted; a template that failed to
+    restore is discarded so the next pod rebuilds it."""
+    if templates is None or not handler.template:
+        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    why = template.unsupported(spec)
+    if why:
+        log.info("no VM template for %s: cold boot", why)
+        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    try:
+        t = await templates.get(handler_name, spec, handler.boot_timeout_s)
+    except (FrakpyError, OSError) as exc:
+        templates.counters.fallbacks += 1
+        templates.counters.last_fallback = str(exc)
+        log.warning("VM template unavailable, cold boot instead: %s", exc)
+        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    state_fd = -1
+    try:
+        t.check()
+    except (FrakpyError, OSError) as exc:  # damaged files: rebuild for the next pod
+        templates.counters.fallbacks += 1
+        templates.counters.last_fallback = str(exc)
+        templates.discard(t, str(exc), retry_now=True)
+        log.warning("VM template %s is damaged, cold boot instead: %s", t.dir.name, exc)
+        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    try:
+        state_fd = os.open(t.state, os.O_RDONLY)
+        clone = template.clone_spec(spec, t, state_fd)
+        running = await boot(sb, clone, handler.boot_timeout_s, log, (*extra_fds, state_fd),
+                             restoring=t.dir.name)
+    except (FrakpyError, OSError) as exc:
+        templates.counters.fallbacks += 1
+        templates.counters.last_fallback = str(exc)
+        templates.discard(t, f"restore failed: {exc}")
+        log.warning("restoring from VM template %s failed, cold boot instead: %s", t.dir.name, exc)
+        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    finally:
+        if state_fd >= 0:
+            os.close(state_fd)
+    templates.restored(t)
+    running.extra["template"] = t.dir.name
+    return running
 
 
 async def adopt(sb: Sandbox, log: logging.Logger, timeout: float = 10.0) -> RunningVM:

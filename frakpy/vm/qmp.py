@@ -113,3 +113,44 @@ class QMP:
                     ) from exc
         with contextlib.suppress(FailedPrecondition):
             await self.execute("blockdev-del", {"node-name": f"node-{disk_id}"})
+
+    # -- save (VM templates) ----------------------------------------------------------------
+    async def save_to_fd(self, fd: int, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Migrate the VM's state into ``fd`` (a file) and wait until it completed.
+
+        The fd is handed over with SCM_RIGHTS (``getfd``) and used as ``fd:<name>``: with
+        ``-sandbox spawn=deny`` QEMU may not fork, so ``exec:`` migration is not an option.
+        Guest RAM is left out when it lives in a shared named file and the x-ignore-shared
+        capability is on (the VM template case). The VM is paused afterwards.
+        """
+        if self._client is None:
+            raise Unavailable(f"VM {self.vm_id[:12]}: QMP is not connected")
+        await self.set_ignore_shared()
+        self._client.send_fd_scm(fd)
+        await self.execute("getfd", {"fdname": "frakpy-save"})
+        await self.execute("migrate", {"uri": "fd:frakpy-save"})
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            info = await self.execute("query-migrate")
+            status = info.get("status", "")
+            if status == "completed":
+                return dict(info)
+            if status in ("failed", "cancelled"):
+                raise FailedPrecondition(
+                    f"VM {self.vm_id[:12]}: saving the VM state {status}: {info.get('error-desc', '')}")
+            if asyncio.get_running_loop().time() > deadline:
+                with contextlib.suppress(Exception):
+                    await self.execute("migrate_cancel")
+                raise DeadlineExceeded(f"VM {self.vm_id[:12]}: saving the VM state took over {timeout:.0f}s")
+            await asyncio.sleep(0.02)
+
+    async def set_ignore_shared(self) -> None:
+        """Leave RAM that lives in a shared named file out of the migration stream (both ends)."""
+        await self.execute("migrate-set-capabilities", {
+            "capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+
+    async def restore_from_fd(self, fd: int) -> None:
+        """Start loading a saved state from ``fd`` (inherited by QEMU, started with -incoming defer).
+        The VM runs by itself once the load completed; a failed load makes QEMU exit."""
+        await self.set_ignore_shared()
+        await self.execute("migrate-incoming", {"uri": f"fd:{fd}"})

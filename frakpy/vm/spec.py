@@ -32,6 +32,15 @@ class VMSpec:
     tap_fd: int | None = None
     tap_fds: list[int] = field(default_factory=list)  # one per queue when multi-queue
     mac: str | None = None
+    # host dir exported as virtio-9p tag frakpy-share (CRI mounts, frakpy.sandbox.share); the
+    # guest mounts it only on demand (MountShare): a mounted 9p export blocks migration
+    share_dir: Path | None = None
+    # VM templates: guest RAM in a file (shared while building a template, a private
+    # copy-on-write mapping of the template's file in a clone) and the state to restore
+    mem_path: Path | None = None
+    mem_share: bool = False
+    incoming_fd: int | None = None
+    net_placeholder: bool = False  # a template's NIC: same device, backend that goes nowhere
     extra_args: list[str] = field(default_factory=list)
 
     @property

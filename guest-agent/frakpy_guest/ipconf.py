@@ -32,6 +32,17 @@ def find_nic(mac: str, sys_net: str = "/sys/class/net") -> str:
     raise IpconfError(f"no network interface with MAC {mac} in the guest")
 
 
+def nic_for(config: dict[str, Any], sys_net: str = "/sys/class/net") -> tuple[str, bool]:
+    """The NIC to configure, and whether it must first take the pod's MAC: a VM restored from a
+    template still carries the template's MAC (``nic_mac``) until the agent changes it."""
+    try:
+        return find_nic(config["mac"], sys_net), False
+    except IpconfError:
+        if not config.get("nic_mac"):
+            raise
+    return find_nic(config["nic_mac"], sys_net), True
+
+
 def commands(config: dict[str, Any], name: str) -> list[list[str]]:
     """The `ip` invocations, in order: lo up, MTU + addresses, link up, link routes, gateway routes."""
     cmds = [[IP, "link", "set", "lo", "up"]]
@@ -62,9 +73,12 @@ async def apply(state: Any, config: dict[str, Any]) -> str:
     """Configure the NIC; returns its name. Raises IpconfError with ip's message on failure."""
     if config.get("neighbors"):
         raise IpconfError("static neighbours need netconf")  # caller falls back
-    name = find_nic(config["mac"])
     reaper = procs.get_reaper(state)
-    for cmd in commands(config, name):
+    name, claim = nic_for(config)
+    cmds = commands(config, name)
+    if claim:
+        cmds.insert(0, [IP, "link", "set", "dev", name, "address", config["mac"]])
+    for cmd in cmds:
         r, w = procs.pipe()
         try:
             pid = procs.spawn(cmd, stdout=w, stderr=w)

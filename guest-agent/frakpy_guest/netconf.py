@@ -71,7 +71,14 @@ def apply(config: Mapping[str, Any], *, nodad: bool = True, loopback: bool = Tru
             lo = ipr.link_lookup(ifname="lo")
             if lo:
                 ipr.link("set", index=lo[0], state="up")
-        index, name = find_nic(ipr, config["mac"])
+        try:
+            index, name = find_nic(ipr, config["mac"])
+        except NetconfError:
+            if not config.get("nic_mac"):
+                raise
+            # restored from a VM template: the NIC still has the template's MAC
+            index, name = find_nic(ipr, config["nic_mac"])
+            ipr.link("set", index=index, address=config["mac"])
         if config.get("mtu"):
             ipr.link("set", index=index, mtu=int(config["mtu"]))
 

@@ -4,10 +4,12 @@
 recorder with the same methods, so the services run unprivileged on a developer's host.
 """
 
+import contextlib
 import os
 import time
 
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the CRNG from the input pool now
 # The pod-wide copies of hostname/hosts/resolv.conf live in guestpaths.SANDBOX_DIR: they are
 # bind-mounted over the VM's /etc files and into every container, and always written in place.
 ETC_OVERLAY_DIR = "/run/frakpy/sandbox"
@@ -84,6 +86,11 @@ class LinuxSystem(System):
         fd = os.open("/dev/urandom", os.O_WRONLY | os.O_CLOEXEC)
         try:
             fcntl.ioctl(fd, RNDADDENTROPY, struct.pack("ii", bits, len(seed)) + seed)
+            # Once initialised, the kernel folds new entropy into its output only at the next
+            # periodic reseed (up to a minute later); a VM restored from a template must not
+            # hand out the template's random stream until then, so reseed right away.
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, RNDRESEEDCRNG)
         finally:
             os.close(fd)
         return bits

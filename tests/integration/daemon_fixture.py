@@ -12,10 +12,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from frakpy.cri.client import CRIClient
 
 GUEST_MANIFEST = Path(os.environ.get("FRAKPY_GUEST_MANIFEST", "/var/lib/frakpy/guest/guest.json"))
+# How test pods start: "template" (restored from a VM template, the default) or "cold" (booted).
+VM_MODE = os.environ.get("FRAKPY_TEST_VM_MODE", "template")
+# Test daemons share their templates (one build per guest/profile for the whole run).
+TEST_TEMPLATES = Path(os.environ.get("FRAKPY_TEST_TEMPLATES", "/var/lib/frakpy/test-templates"))
 
 
 @dataclass
@@ -52,9 +57,15 @@ def install_test_network(base: Path) -> None:
                     data_dir=str(base / "ipam"), name=f"frakpy-test-{octet}")
 
 
-def write_config(base: Path, extra: str = "", *, cni: bool = True) -> Path:
+def write_config(base: Path, extra: str = "", *, cni: bool = True, vm_mode: str | None = None,
+                 templates_dir: Path | None = None) -> Path:
+    """``vm_mode`` ("template"/"cold", default VM_MODE) sets the default handler's ``template``
+    unless ``extra`` has its own [handlers.frakpy] table."""
     if cni:
         install_test_network(base)
+    mode = vm_mode or VM_MODE
+    if "[handlers.frakpy]" not in extra:
+        extra += f"\n[handlers.frakpy]\ntemplate = {'true' if mode == 'template' else 'false'}\n"
     cfg = base / "config.toml"
     cfg.write_text(
         "[daemon]\n"
@@ -64,6 +75,7 @@ def write_config(base: Path, extra: str = "", *, cni: bool = True) -> Path:
         'log_level = "debug"\n'
         "[guest]\n"
         f'manifest = "{GUEST_MANIFEST}"\n'
+        f'templates_dir = "{templates_dir or TEST_TEMPLATES}"\n'
         "[cni]\n"
         f'conf_dir = "{base}/cni"\n'
         f'netns_dir = "{base}/netns"\n' + extra
@@ -138,6 +150,19 @@ def cleanup_host(base: Path) -> None:
     """What a test daemon leaves on the host by design: its bridge and netns dir mount."""
     subprocess.run(["ip", "link", "del", bridge_name(base)], capture_output=True)
     subprocess.run(["umount", "-l", str(base / "netns")], capture_output=True)
+    # the daemon's volume mount namespace (frakpy.sandbox.share) is pinned by a bind: unpin it
+    subprocess.run(["umount", "-l", str(base / "run" / "shares.mntns")], capture_output=True)
+    # binds in the node's namespace under the pods' 9p shares would let rmtree delete the bound
+    # host directories' contents through them (frakpyd keeps its binds in its own namespace)
+    shares = f"{base}/run/shares/"
+    with open("/proc/self/mountinfo") as f:
+        binds = [line.split()[4] for line in f if line.split()[4].startswith(shares)]
+    for target in sorted(binds, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+    with open("/proc/self/mountinfo") as f:
+        if any(line.split()[4].startswith(shares) for line in f):
+            print(f"cleanup_host: mounts left under {shares}; not removing {base}")
+            return
     if os.environ.get("FRAKPY_KEEP_TEST_DIRS") != "1":  # keep logs for debugging when asked
         import shutil
 
@@ -156,7 +181,7 @@ def running_daemon(base: Path | None = None, extra_config: str = "") -> Iterator
 
 
 @contextmanager
-def daemon_with_image(work: Path) -> Iterator[tuple[Daemon, str, Path]]:
+def daemon_with_image(work: Path, extra: str = "", **config_kw: Any) -> Iterator[tuple[Daemon, str, Path]]:
     """A real registry serving the project-built busybox image, a daemon that trusts it over plain
     HTTP, the image pulled through CRI; every pod removed and everything stopped afterwards."""
     import asyncio
@@ -176,7 +201,7 @@ def daemon_with_image(work: Path) -> Iterator[tuple[Daemon, str, Path]]:
         image = f"{reg.host}/busybox:test"
         cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
         asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        d = start(base, write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
+        d = start(base, write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n' + extra, **config_kw))
         with d.client() as c:
             c.call(c.image.PullImage, pb.PullImageRequest(image=pb.ImageSpec(image=image)))
         print(f"\nfrakpyd log: {d.log}")

@@ -2,6 +2,7 @@
 
 import logging
 import socket
+import sys
 
 from frakpy.agent.protocol import agent_pb2 as pb
 from frakpy.agent.protocol.ttrpc import Code, ServerCall, TTRPCError
@@ -103,6 +104,10 @@ class SetupSandbox:
                 resp.entropy_bits_credited = system.add_entropy(bytes(req.rng_seed))
             except OSError as exc:
                 raise _os_error("crediting the RNG seed (RNDADDENTROPY)", exc) from exc
+            # a VM restored from a template shares the template's Python `random` state: fork it
+            random_mod = sys.modules.get("random")
+            if random_mod is not None:
+                random_mod.seed(bytes(req.rng_seed))
         if req.realtime_ns:
             try:
                 system.set_realtime_ns(req.realtime_ns)

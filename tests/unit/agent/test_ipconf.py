@@ -28,3 +28,16 @@ def test_find_nic_by_mac(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "address").write_text(mac + "\n")
     assert ipconf.find_nic("02:00:00:00:00:01".upper(), str(tmp_path)) == "eth0"
+
+
+def test_restored_vm_claims_the_template_nic(tmp_path):
+    import pytest
+
+    (tmp_path / "eth0").mkdir()
+    (tmp_path / "eth0" / "address").write_text("02:46:52:4b:00:01\n")
+    cfg = dict(CONFIG, nic_mac="02:46:52:4b:00:01")
+    assert ipconf.nic_for(cfg, str(tmp_path)) == ("eth0", True)  # must take the pod's MAC first
+    (tmp_path / "eth0" / "address").write_text("02:00:00:00:00:01\n")
+    assert ipconf.nic_for(cfg, str(tmp_path)) == ("eth0", False)  # already has it (re-applied)
+    with pytest.raises(ipconf.IpconfError):
+        ipconf.nic_for(CONFIG | {"mac": "02:00:00:00:00:99"}, str(tmp_path))

@@ -1,0 +1,131 @@
+"""VM templates without QEMU: what the key covers, the template's and a clone's command lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from frakpy.errors import FailedPrecondition
+from frakpy.vm import template
+from frakpy.vm.qemu import render_argv
+from frakpy.vm.spec import VMSpec
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> VMSpec:
+    kernel, rootfs = tmp_path / "vmlinux", tmp_path / "rootfs.img"
+    kernel.write_bytes(b"k" * 10)
+    rootfs.write_bytes(b"r" * 10)
+    return VMSpec(vm_id="a" * 64, run_dir=tmp_path / "run", kernel=kernel, rootfs=rootfs, tsc_khz=2000000,
+                  qemu_binary="/bin/true", qmp_fd=3, agent_fd=4, tap_fd=5, tap_fds=[5], mac="0a:58:0a:00:00:05")
+
+
+def key(spec: VMSpec) -> str:
+    return template.key_of(template.variant(spec))
+
+
+def test_key_is_stable_and_ignores_pod_backends(pod: VMSpec, tmp_path: Path) -> None:
+    other_pod = dataclasses.replace(pod, vm_id="b" * 64, run_dir=tmp_path / "other", tap_fd=9, tap_fds=[9],
+                                    mac="0a:58:0a:00:00:09", qmp_fd=7, agent_fd=8)
+    assert key(pod) == key(other_pod)
+
+
+@pytest.mark.parametrize("change", [
+    {"memory_mib": 512}, {"vcpus": 2}, {"machine": "q35"}, {"accel": "kvm"}, {"kernel_params": "x=1"},
+    {"transport": "vsock"}, {"tap_fd": None, "tap_fds": []}, {"rootfs_fstype": "ext4"},
+])
+def test_key_changes_with_what_must_match(pod: VMSpec, change: dict) -> None:
+    assert key(pod) != key(dataclasses.replace(pod, **change))
+
+
+def test_key_changes_when_the_guest_image_is_rebuilt(pod: VMSpec) -> None:
+    before = key(pod)
+    pod.rootfs.write_bytes(b"r" * 11)
+    assert key(pod) != before
+
+
+def test_template_argv_shares_ram_and_has_a_placeholder_nic(pod: VMSpec, tmp_path: Path) -> None:
+    t = template.template_spec(pod, "k" * 20, tmp_path / "trun", tmp_path / "work")
+    t.qmp_fd, t.agent_fd = 3, 4
+    argv = render_argv(t)
+    text = "\n".join(argv)
+    assert f"memory-backend-file,id=ram,size=256M,mem-path={tmp_path}/work/memory,share=on" in argv
+    assert "microvm,x-option-roms=off,memory-backend=ram" in argv
+    assert "hubport,id=net0,hubid=0" in argv and "tap," not in text
+    assert f"virtio-net-device,netdev=net0,mac={template.TEMPLATE_MAC}" in argv
+    assert "frakpy.template=1" in argv[argv.index("-append") + 1]
+    assert "-incoming" not in argv
+
+
+def test_clone_argv_maps_the_template_privately_and_loads_its_state(pod: VMSpec, tmp_path: Path) -> None:
+    t = template.Template("frakpy", "k" * 20, tmp_path / "frakpy-kkk")
+    argv = render_argv(template.clone_spec(pod, t, 11))
+    assert f"memory-backend-file,id=ram,size=256M,mem-path={t.memory},share=off" in argv
+    assert argv[argv.index("-incoming") + 1] == "defer"
+    assert "tap,id=net0,fd=5,vhost=off" in argv  # the pod's own tap
+    assert "-kernel" not in argv  # a restored guest never boots: no 15 MiB kernel copy in QEMU
+
+
+def test_cold_argv_is_unchanged(pod: VMSpec) -> None:
+    argv = render_argv(pod)
+    assert "-kernel" in argv and "-incoming" not in argv
+    assert not any("memory-backend" in a for a in argv)
+
+
+def test_unsupported_variants(pod: VMSpec) -> None:
+    assert template.unsupported(pod) == ""
+    assert "multi-queue" in template.unsupported(dataclasses.replace(pod, tap_fds=[5, 6]))
+    assert "vsock" in template.unsupported(dataclasses.replace(pod, transport="vsock"))
+
+
+def test_check_catches_a_corrupted_state(tmp_path: Path) -> None:
+    d = tmp_path / "frakpy-x"
+    d.mkdir()
+    (d / "memory").write_bytes(b"m" * 100)
+    (d / "state").write_bytes(b"s" * 50)
+    meta = {"sizes": {"memory": 100, "state": 50}, "state_sha256": hashlib.sha256(b"s" * 50).hexdigest()}
+    (d / "meta.json").write_text(json.dumps(meta))
+    t = template.Template("frakpy", "x", d)
+    t.check()
+    (d / "state").write_bytes(b"s" * 49 + b"t")
+    with pytest.raises(FailedPrecondition, match="corrupted"):
+        t.check()
+    (d / "memory").write_bytes(b"m" * 99)
+    with pytest.raises(FailedPrecondition, match="memory is 99 bytes"):
+        t.check()
+
+
+def test_prune_keeps_the_current_and_recent_templates(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = template.TemplateStore(tmp_path, tmp_path / "run")
+    for name, age in (("frakpy-old", 3600), ("frakpy-new", 0), ("frakpy-cur", 3600), ("other-old", 3600)):
+        (tmp_path / name).mkdir()
+        then = time.time() - age
+        os.utime(tmp_path / name, (then, then))
+    removed = store.prune("frakpy", keep="cur")
+    assert removed == ["frakpy-old"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["frakpy-cur", "frakpy-new", "other-old"]
+
+
+def test_repeated_restore_failures_stop_rebuilds_for_a_while(pod: VMSpec, tmp_path: Path) -> None:
+    import asyncio
+
+    store = template.TemplateStore(tmp_path / "templates", tmp_path / "run")
+    k = key(pod)
+    t = template.Template("frakpy", k, tmp_path / "templates" / f"frakpy-{k}")
+    t.dir.mkdir(parents=True)
+    store.discard(t, "qemu said no")
+    assert not t.dir.exists() and k not in store._failed  # first failure: the next pod rebuilds
+    store.discard(t, "qemu said no again")
+    with pytest.raises(FailedPrecondition, match="failed to build .*restore failed 2 times"):
+        asyncio.run(store.get("frakpy", pod, 1.0))  # no build attempted: pods cold-boot for a while
+    store._failed.clear()
+    store.restored(t)
+    store.discard(t, "once more")
+    assert k not in store._failed  # a success in between resets the count
