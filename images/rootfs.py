@@ -6,7 +6,7 @@ are unpacked into a staging tree with the usrmerge layout (``/bin``, ``/sbin``, 
 ``/lib64`` are symlinks into ``/usr``) while documentation, locales, tests and the like are
 filtered out.  Then:
 
-* Python wheels (protobuf, pyroute2) are installed with ``pip install --target`` into
+* Python wheels (protobuf) are installed with ``pip install --target`` into
   ``/usr/lib/frakpy``, next to the agent code copied from this repository;
 * ``/init`` runs the agent (``#!/usr/bin/python3.11 -IS``);
 * every ELF's ``DT_NEEDED`` is resolved; Python extension modules whose libraries were
@@ -490,10 +490,8 @@ sys.path.insert(0, "/usr/lib/frakpy")
 import asyncio, ctypes, ctypes.util, json, socket, selectors, hashlib, struct, signal, logging
 import google.protobuf, google.protobuf.message
 from google.protobuf.internal import api_implementation
-import pyroute2
 assert hashlib.sha256(b"").hexdigest().startswith("e3b0c442")
-print("impl", api_implementation.Type(), "protobuf", google.protobuf.__version__,
-      "pyroute2", getattr(pyroute2, "__version__", "?"))
+print("impl", api_implementation.Type(), "protobuf", google.protobuf.__version__)
 """
 
 

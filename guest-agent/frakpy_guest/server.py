@@ -1,7 +1,6 @@
 """The agent's ttrpc server: one service, served on the virtio-serial port and on vsock."""
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -68,7 +67,7 @@ async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, syste
     state = AgentState(system, start_uptime_ns=start_uptime_ns, reaper=reaper)
     server = build_server(state)
     if pid1 and template_boot():
-        await warm_up()
+        warm_up()
 
     tasks = []
     path = port_path or find_agent_port()
@@ -104,32 +103,12 @@ def template_boot() -> bool:
         return False
 
 
-async def warm_up() -> None:
+def warm_up() -> None:
     """Pay, once in the template, the imports every pod would otherwise pay after its restore:
-    pyroute2 (1.3 s under TCG) and the container services' lazy imports. With pyroute2 loaded,
-    SetupNetwork configures the NIC over netlink in-process instead of running `ip` commands."""
+    the modules SetupNetwork and the container services load lazily."""
     t0 = time.monotonic()
-    if "ssl" in sys.modules and sys.modules["ssl"] is None:
-        del sys.modules["ssl"]
     try:
-        from pyroute2 import IPRoute
-
-        from frakpy_guest import bundle, crun, iobuf, ipconf, netconf, procs, users  # noqa: F401
-
-        def dump() -> None:  # also builds pyroute2's lazily compiled message classes
-            with IPRoute() as ipr:
-                ipr.get_links()
-                ipr.get_addr()
-                ipr.get_routes()
-                # the requests SetupNetwork sends, on lo and left as they were
-                (lo,) = ipr.link_lookup(ifname="lo")
-                ipr.link("set", index=lo, state="up", mtu=65536)
-                with contextlib.suppress(Exception):
-                    ipr.addr("add", index=lo, address="127.0.0.1", prefixlen=8)
-                ipr.route("add", dst="192.0.2.1", dst_len=32, oif=lo)  # TEST-NET-1, removed again
-                ipr.route("del", dst="192.0.2.1", dst_len=32, oif=lo)
-
-        await asyncio.to_thread(dump)  # the same worker thread SetupNetwork will use
+        from frakpy_guest import bundle, crun, iobuf, netconf, procs, rtnl, users  # noqa: F401
     except Exception as exc:  # a warm-up failure must never stop the agent
         log.warning("template warm-up incomplete: %s", exc)
     log.info("template warm-up done in %.3f s", time.monotonic() - t0)

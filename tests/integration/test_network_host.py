@@ -5,7 +5,7 @@ leases in a temporary dataDir, netns under a temporary run dir, and traffic only
 and namespaces the tests create.
 
 Proving the tc redirect without a VM: a "guest stand-in" netns gets a tap ``gnic`` with the pod's
-MAC, configured by the guest agent's own ``netconf.apply(info.guest_config())``; a small Python
+MAC, configured by the guest agent's own ``rtnl.apply(info.guest_config())``; a small Python
 forwarder copies frames between the pod tap fd (the one QEMU would get, with its 10-byte virtio-net
 header) and the stand-in tap fd. A TCP server in the stand-in answers on the pod IP; the host reaches
 it directly through the bridge and through a portmap hostPort on 127.0.0.1. Each packet thus
@@ -14,7 +14,6 @@ crosses bridge -> veth -> eth0 ingress -> mirred -> pod tap -> "QEMU" -> guest N
 
 import asyncio
 import ctypes
-import importlib.util
 import json
 import os
 import select
@@ -22,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -50,11 +48,7 @@ pytestmark = [
     ),
 ]
 
-_spec = importlib.util.spec_from_file_location(
-    "frakpy_guest_netconf", Path(__file__).parents[2] / "guest-agent" / "frakpy_guest" / "netconf.py"
-)
-netconf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netconf)
+from frakpy_guest import rtnl  # noqa: E402
 
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, the tap default
 
@@ -262,7 +256,7 @@ async def test_redirect_end_to_end_with_guest_standin_and_hostport(env):
     try:
         gfd = make_guest(guest, info.mac)
         wire = Wire(info.tap_fd, VNET_HDR_LEN, gfd, 0)
-        assert netns.run_in(guest, lambda: netconf.apply(info.guest_config())) == "gnic"
+        assert netns.run_in(guest, lambda: rtnl.apply(info.guest_config())) == "gnic"
         ip4 = info.ip_of(4).ip
         serve_once_per_conn(guest, ip4, 8080, stop)
         # host -> bridge -> veth -> eth0 --tc--> tap -> wire -> guest, and back
