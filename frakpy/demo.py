@@ -153,10 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     pod_file.write_text(json.dumps(pod, indent=2))
     t0 = time.monotonic()
     pod_id = _frakpy("runp", str(pod_file), capture=True).strip()
-    print(f"(RunPodSandbox took {time.monotonic() - t0:.2f}s: a QEMU VM booted to a ready agent)")
+    took = time.monotonic() - t0
     _frakpy("pods")
     info = json.loads(_frakpy("inspectp", pod_id, capture=True))
     vm = json.loads(info.get("info", {}).get("info", "{}")).get("vm", {})
+    boot = vm.get("boot", {})
+    how = (f"a QEMU VM restored from the handler's VM template {boot.get('template', '')}"
+           if boot.get("mode") == "template" else "a QEMU VM booted to a ready agent")
+    print(f"(RunPodSandbox took {took:.2f}s: {how}; the first pod of a handler also builds the template)")
     if vm:
         print(f"\nVM pid {vm.get('pid')} on {vm.get('accelerator')} ({vm.get('accelerator_reason')}), "
               f"agent over {vm.get('transport')}; boot: {vm.get('boot')}")
