@@ -13,6 +13,14 @@ see frakpy.container.spec). The guest mounts the share at the pod's first contai
 mounts. A container's binds go with it (RemoveContainer, a failed create, recover() for
 containers without a record). A termination-message path that is a CRI mount is read on the
 host, where the container's writes landed through 9p.
+
+CRI devices (raw block volumes, ``volumeMode: Block``): each ``host_path`` must be a block
+device (or a disk image file); checked by frakpy.container.spec.plan_block_devices before any VM
+work (character devices are refused). Each one is hot-added as its own ``scsi-hd`` (QEMU driver
+``host_device``/``file``, read-only without ``w``, id = serial = ``dev-<cid[:12]>-<n>``) before
+the agent's CreateContainer; the agent finds the disk by serial and puts the guest's node in the
+spec (annotation ``io.frakpy.block-devices``). The ids are recorded (``Container.block_disks``)
+and hot-removed at RemoveContainer (also after a daemon restart) and on a failed create.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from frakpy.container.spec import (
     ImageConfig,
     build_spec,
     oci_resources,
+    plan_block_devices,
 )
 from frakpy.errors import DeadlineExceeded, FailedPrecondition, FrakpyError, InvalidArgument, NotFound
 from frakpy.events import ContainerEvent, ContainerEventType, EventBus
@@ -160,6 +169,7 @@ class ContainerManager:
 
         cid = secrets.token_hex(32)
         volumes = _plan_volumes(cid, config.get("mounts") or [])  # host paths checked: no VM work yet
+        block_devices = plan_block_devices(cid, config.get("devices"))  # likewise for raw block volumes
         log_path = ""
         if sb.log_directory and config.get("log_path"):
             log_path = str(Path(sb.log_directory) / config["log_path"])
@@ -191,6 +201,15 @@ class ContainerManager:
                 await self._ensure_share(sb.id, running)
             c.image_mount_id = await self._acquire_image(sb.id, running, img.id, img.fsimage_path)
             undo.push_async_callback(self._release_image, sb.id, c.image_mount_id)
+            for dev in block_devices:
+                try:
+                    await running.vm.qmp.add_disk(dev.serial, Path(dev.host_path), serial=dev.serial,
+                                                  readonly=dev.readonly, driver=dev.driver)
+                except FrakpyError as exc:
+                    raise type(exc)(f"device {dev.container_path}: attaching {dev.host_path} to the pod "
+                                    f"VM failed: {exc}") from exc
+                undo.push_async_callback(_suppressed, running.vm.qmp.remove_disk, dev.serial)
+                c.block_disks.append(dev.serial)
             self._ensure_events(sb.id, running)
             c.pid = await _agent(running).create_container(cid, spec, image_mount_id=c.image_mount_id,
                                                          stdin=c.stdin, tty=c.tty)
@@ -250,6 +269,18 @@ class ContainerManager:
                 await running.vm.qmp.remove_disk(f"img-{mount_id}")
             except (FrakpyError, OSError) as exc:
                 log.warning("sandbox %s: releasing image %s failed: %s", sandbox_id[:12], mount_id, exc)
+
+    async def _detach_block_disks(self, c: Container) -> None:
+        """Hot-remove the container's CRI devices from its VM (the container is deleted in the
+        guest already, so nothing holds the disks). Without a VM there is nothing to detach."""
+        running = self._running_vm(c.sandbox_id) if c.block_disks else None
+        if running is not None:
+            for disk_id in c.block_disks:
+                try:
+                    await running.vm.qmp.remove_disk(disk_id)
+                except (FrakpyError, OSError) as exc:
+                    log.warning("container %s: detaching device disk %s failed: %s", c.id[:12], disk_id, exc)
+        c.block_disks = []
 
     # -- exit events ------------------------------------------------------------------------------
     def _ensure_events(self, sandbox_id: str, running: RunningVM) -> None:
@@ -462,6 +493,7 @@ class ContainerManager:
         if w is not None:
             w.close()
         await self._release_image(c.sandbox_id, c.image_mount_id)
+        await self._detach_block_disks(c)
         if c.config.get("mounts"):
             self.sandboxes.volumes.unbind_container(self.sandboxes.share_dir(c.sandbox_id), c.id)
         self.records.delete(c.id)

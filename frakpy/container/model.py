@@ -48,6 +48,7 @@ class Container:
     message: str = ""
     unknown: bool = False  # lost (VM gone before its exit was seen)
     image_mount_id: str = ""  # guest mount id of the image (per sandbox, refcounted)
+    block_disks: list[str] = field(default_factory=list)  # QEMU ids of its hot-added CRI devices
     stop_signal: str = "SIGTERM"
     tty: bool = False
     stdin: bool = False

@@ -23,7 +23,12 @@ The pod VM is the isolation boundary, which shapes a few choices:
   unless ``allow_propagation_emulation`` makes it private with a note;
 * ``recursive_read_only`` (which needs ``readonly``) is plain ``ro``: the guest sees a volume
   as one 9p mount without submounts, so ``ro`` is recursive already, and the host side of a
-  read-only volume is made read-only recursively too.
+  read-only volume is made read-only recursively too;
+* CRI ``devices`` are raw block volumes only (:func:`plan_block_devices`: a node block device,
+  or a disk image file; character devices and CDI devices are refused): the container manager
+  hot-adds each as a disk whose guest major/minor only the guest knows, so the spec carries
+  ``io.frakpy.block-devices`` and the agent adds the ``linux.devices`` entry and the device
+  cgroup allow rule (see :func:`with_devices`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import posixpath
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -425,16 +432,89 @@ def oci_resources(r: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class BlockDevice:
+    """One CRI device: a node block device (or a disk image file) hot-added to the pod VM."""
+
+    host_path: str
+    container_path: str
+    permissions: str  # a subset of "rwm"
+    serial: str  # scsi-hd serial (<= 20 chars), also the QEMU device id
+    driver: str  # QEMU blockdev driver: "host_device" for a block device, "file" for a file
+
+    @property
+    def readonly(self) -> bool:
+        return "w" not in self.permissions
+
+
+MAX_BLOCK_DEVICES = 100  # per container: keeps serials within 20 characters
+
+
+def block_device_serial(container_id: str, index: int) -> str:
+    """``dev-<12 hex of the container id>-<index>``: unique per sandbox, at most 20 chars, and
+    never equal to an image disk's serial (those are plain hex)."""
+    return f"dev-{container_id[:12]}-{index}"
+
+
+def plan_block_devices(container_id: str, devices: Any) -> list[BlockDevice]:
+    """Validate CRI ``devices`` (raw block volumes) against the node; INVALID_ARGUMENT naming
+    the container path and the fix for anything a VM cannot take."""
+    out: list[BlockDevice] = []
+    seen: set[str] = set()
+    for d in devices or []:
+        dest = str(d.get("container_path") or "")
+        host = str(d.get("host_path") or "")
+        perms = str(d.get("permissions") or "rwm")
+        what = f"device {dest or host or '?'}"
+        if not dest.startswith("/"):
+            raise InvalidArgument(f"{what}: container_path {dest!r} must be an absolute path such as /dev/xvda")
+        if posixpath.normpath(dest) in seen:
+            raise InvalidArgument(f"{what}: container_path is given twice")
+        seen.add(posixpath.normpath(dest))
+        if not host.startswith("/"):
+            raise InvalidArgument(f"{what}: host_path {host!r} must be an absolute path of a block device")
+        if not perms or set(perms) - set("rwm"):
+            raise InvalidArgument(f"{what}: permissions {perms!r} must be a non-empty subset of 'rwm'")
+        try:
+            st = os.stat(host)
+        except OSError as exc:
+            raise InvalidArgument(f"{what}: host path {host} is not usable ({exc.strerror}); give an "
+                                  "existing block device (a raw block volume)") from exc
+        if stat.S_ISCHR(st.st_mode):
+            raise InvalidArgument(f"{what}: {host} is a character device; node character devices cannot "
+                                  "enter a pod VM (only block devices, hot-added as disks), remove it")
+        if stat.S_ISBLK(st.st_mode):
+            driver = "host_device"
+        elif stat.S_ISREG(st.st_mode):
+            driver = "file"  # a disk image file
+        else:
+            raise InvalidArgument(f"{what}: host path {host} is neither a block device nor a disk image "
+                                  "file; give a block device (a raw block volume)")
+        if len(out) >= MAX_BLOCK_DEVICES:
+            raise InvalidArgument(f"{what}: more than {MAX_BLOCK_DEVICES} devices in one container")
+        out.append(BlockDevice(host, posixpath.normpath(dest), "".join(c for c in "rwm" if c in perms),
+                               block_device_serial(container_id, len(out)), driver))
+    return out
+
+
 def with_devices(spec: dict[str, Any], inputs: Inputs) -> None:
-    """CRI devices are node devices, which a VM does not have. Privileged containers get the
+    """CRI devices are raw block volumes: the container manager hot-adds each one to the VM as
+    a disk (serial from :func:`block_device_serial`), and ``io.frakpy.block-devices`` (JSON list
+    of ``{serial, path, access}``) asks the agent to add the guest's node of that disk to
+    ``linux.devices`` at ``path`` and allow it in the device cgroup (only the guest knows its
+    major/minor). Character devices and CDI devices are refused. Privileged containers get the
     VM's devices: the agent lists them when it sees ``io.frakpy.host-devices``."""
-    if inputs.container.get("devices") or inputs.container.get("CDI_devices"):
+    if inputs.container.get("CDI_devices"):
         raise InvalidArgument(
-            "devices: node devices cannot be passed into a pod VM; remove the device request "
+            "CDI_devices: node devices cannot be passed into a pod VM; remove the device request "
             "(device plugins are not supported by frakpy)"
         )
     if inputs.privileged:
         spec["annotations"][gp.ANN_HOST_DEVICES] = "all"
+    block = plan_block_devices(inputs.container_id, inputs.container.get("devices"))
+    if block:
+        spec["annotations"][gp.ANN_BLOCK_DEVICES] = json.dumps(
+            [{"serial": b.serial, "path": b.container_path, "access": b.permissions} for b in block])
 
 
 def _device_rules(privileged: bool) -> list[dict[str, Any]]:

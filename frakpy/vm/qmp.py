@@ -53,7 +53,7 @@ class QMP:
         try:
             result = await asyncio.wait_for(self._client.execute(cmd, args), timeout)
         except ExecuteError as exc:
-            raise FailedPrecondition(f"VM {self.vm_id[:12]}: QMP {cmd} failed: {exc.error.desc}") from exc
+            raise FailedPrecondition(f"VM {self.vm_id[:12]}: QMP {cmd} failed: {exc}") from exc
         except TimeoutError as exc:
             raise DeadlineExceeded(f"VM {self.vm_id[:12]}: QMP {cmd} got no answer in {timeout:.0f}s") from exc
         except (QMPError, OSError, EOFError) as exc:
@@ -73,12 +73,15 @@ class QMP:
         await self.execute("system_powerdown")
 
     # -- disk hotplug: a read-only or writable raw file on the VM's virtio-scsi controller ---
-    async def add_disk(self, disk_id: str, path: Path, *, serial: str, readonly: bool = True) -> None:
-        """Attach ``path`` as a SCSI disk the guest finds by ``serial``; undone by remove_disk."""
+    async def add_disk(self, disk_id: str, path: Path, *, serial: str, readonly: bool = True,
+                       driver: str = "file") -> None:
+        """Attach ``path`` as a SCSI disk the guest finds by ``serial``; undone by remove_disk.
+        ``driver`` is the protocol driver: ``file`` for an image file, ``host_device`` for a
+        node block device."""
         node = f"node-{disk_id}"
         await self.execute("blockdev-add", {
             "driver": "raw", "node-name": node, "read-only": readonly,
-            "file": {"driver": "file", "filename": str(path), "read-only": readonly},
+            "file": {"driver": driver, "filename": str(path), "read-only": readonly},
         })
         try:
             await self.execute("device_add", {

@@ -8,7 +8,12 @@ fills them in here, see frakpy.agent.protocol.guestpaths for the contract:
   ``process.user`` (frakpy_guest.users);
 * namespace placeholders ``@sandbox`` / ``@container:<id>`` -> ``/proc/<pid>/ns/<type>``;
 * ``io.frakpy.vm-sysctls`` returned to the caller to apply VM-wide;
-* ``io.frakpy.host-devices: all`` -> every device node of the VM in ``linux.devices``.
+* ``io.frakpy.host-devices: all`` -> every device node of the VM in ``linux.devices``;
+* ``io.frakpy.block-devices`` (JSON list of ``{serial, path, access}``, CRI raw block volumes the
+  host hot-added as scsi-hd disks) -> the guest node of each disk (found by serial beforehand,
+  see :func:`block_device_requests`; its major/minor exist only here) in ``linux.devices`` at
+  ``path`` (uid/gid 0) plus an allow rule ``{type b, major, minor, access}`` in
+  ``linux.resources.devices``.
 
 Consumed annotations are removed before crun sees the spec.
 """
@@ -35,14 +40,32 @@ class PreconditionError(SpecError):
     """Something the spec refers to is not there yet (maps to FAILED_PRECONDITION)."""
 
 
+def block_device_requests(spec: dict[str, Any]) -> list[dict[str, str]]:
+    """The ``io.frakpy.block-devices`` entries of ``spec`` (not consumed here), validated."""
+    raw = ((spec.get("annotations") or {}) if isinstance(spec, dict) else {}).get(gp.ANN_BLOCK_DEVICES)
+    if not raw:
+        return []
+    try:
+        items = json.loads(raw)
+        out = [{"serial": str(i["serial"]), "path": str(i["path"]), "access": str(i.get("access") or "rwm")}
+               for i in items]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SpecError(f"{gp.ANN_BLOCK_DEVICES}: not a JSON list of {{serial, path, access}}: {exc}") from exc
+    for i in out:
+        if not i["serial"] or not i["path"].startswith("/") or set(i["access"]) - set("rwm"):
+            raise SpecError(f"{gp.ANN_BLOCK_DEVICES}: bad entry {i}")
+    return out
+
+
 def prepare(spec: dict[str, Any], *, rootfs: str, rootfs_view: str | None = None,
             sandbox_pid: Callable[[], int], container_pid: Callable[[str], int | None],
-            dev_root: str = "/dev") -> dict[str, str]:
+            dev_root: str = "/dev", block_devices: dict[str, str] | None = None) -> dict[str, str]:
     """Complete ``spec`` in place; returns the VM-wide sysctls the caller must apply.
 
     ``rootfs`` goes into ``root.path``; ``rootfs_view`` (default: the same) is where the agent
     reads the image's passwd files. ``sandbox_pid()`` is called only when a ``@sandbox``
-    placeholder is present (it may start the namespace holder).
+    placeholder is present (it may start the namespace holder). ``block_devices`` maps the
+    serials of ``io.frakpy.block-devices`` to the guest nodes the caller waited for.
     """
     if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
         raise SpecError("spec_json is not an OCI runtime spec with a process")
@@ -93,6 +116,25 @@ def prepare(spec: dict[str, Any], *, rootfs: str, rootfs_view: str | None = None
             raise SpecError(f"{gp.ANN_VM_SYSCTLS}: not a JSON object: {exc}") from exc
     if ann.pop(gp.ANN_HOST_DEVICES, None) == "all":
         linux["devices"] = list_devices(dev_root)
+    requests = block_device_requests(spec)
+    ann.pop(gp.ANN_BLOCK_DEVICES, None)
+    for req in requests:
+        node = (block_devices or {}).get(req["serial"])
+        if node is None:
+            raise PreconditionError(f"device {req['path']}: no disk with serial {req['serial']} in the VM")
+        try:
+            st = os.stat(node)
+        except OSError as exc:
+            raise PreconditionError(f"device {req['path']}: {node}: {exc.strerror}") from exc
+        if not stat.S_ISBLK(st.st_mode):
+            raise PreconditionError(f"device {req['path']}: {node} is not a block device")
+        major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        devices = [d for d in linux.get("devices") or [] if d.get("path") != req["path"]]
+        devices.append({"path": req["path"], "type": "b", "major": major, "minor": minor,
+                        "fileMode": stat.S_IMODE(st.st_mode) or 0o660, "uid": 0, "gid": 0})
+        linux["devices"] = devices
+        rules = linux.setdefault("resources", {}).setdefault("devices", [])
+        rules.append({"allow": True, "type": "b", "major": major, "minor": minor, "access": req["access"]})
     return sysctls
 
 

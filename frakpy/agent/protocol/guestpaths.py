@@ -97,8 +97,11 @@ def parse_placeholder(path: str) -> tuple[str, str] | None:
 ANN_USER = "io.frakpy.user"  # consumed: JSON for frakpy_guest.users.resolve -> process.user
 ANN_VM_SYSCTLS = "io.frakpy.vm-sysctls"  # consumed: JSON {name: value} the agent writes VM-wide
 ANN_HOST_DEVICES = "io.frakpy.host-devices"  # consumed: "all" -> add every VM device to linux.devices
+# consumed: JSON list of {serial, path, access}: the guest node of the hot-added disk with that
+# scsi serial goes into linux.devices at path, and is allowed (access) in the device cgroup
+ANN_BLOCK_DEVICES = "io.frakpy.block-devices"
 ANN_STOP_SIGNAL = "io.frakpy.stop-signal"  # signal name StopContainer sends first
 ANN_STDIN = "io.frakpy.stdin"  # "true" when the container keeps a stdin pipe
 ANN_STDIN_ONCE = "io.frakpy.stdin-once"  # "true": close stdin after the first attach detaches
 ANN_NOTES = "io.frakpy.notes"  # JSON list of CRI settings that were ignored, and why
-CONSUMED_ANNOTATIONS = frozenset({ANN_USER, ANN_VM_SYSCTLS, ANN_HOST_DEVICES})
+CONSUMED_ANNOTATIONS = frozenset({ANN_USER, ANN_VM_SYSCTLS, ANN_HOST_DEVICES, ANN_BLOCK_DEVICES})

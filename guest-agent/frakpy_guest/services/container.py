@@ -3,7 +3,9 @@
 Create builds the bundle in ``guestpaths.container_dir(cid)`` (a per-container tmpfs):
 ``rootfs`` = overlay(lower = the image mount, upper/work on that tmpfs), ``config.json`` (the
 host's spec completed by ``frakpy_guest.bundle``), ``termination-log``; then ``crun create``
-with pipes (or a pty through ``--console-socket``) for the container's stdio.
+with pipes (or a pty through ``--console-socket``) for the container's stdio. CRI devices
+(raw block volumes) were hot-added by the host as scsi-hd disks; Create waits for each serial
+listed in ``io.frakpy.block-devices`` and ``bundle.prepare`` puts the guest node in the spec.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from frakpy.agent.protocol import agent_pb2 as pb
 from frakpy.agent.protocol import guestpaths as gp
 from frakpy.agent.protocol.ttrpc import Code, ServerCall
-from frakpy_guest import bundle
+from frakpy_guest import blockdev, bundle
 from frakpy_guest.crun import CrunError
 from frakpy_guest.runtime import (
     CREATED,
@@ -34,6 +36,8 @@ from frakpy_guest.runtime import (
 )
 
 log = logging.getLogger("frakpy_guest.container")
+
+DISK_WAIT = 10.0  # seconds for a hot-added CRI device disk to show up in the guest
 
 STATUS = {CREATED: pb.CONTAINER_STATUS_CREATED, RUNNING: pb.CONTAINER_STATUS_RUNNING,
           EXITED: pb.CONTAINER_STATUS_EXITED}
@@ -102,10 +106,19 @@ async def _create(rt: Runtime, c: Container, spec: dict, req: pb.CreateContainer
             return None
         return other.init.pid or None
 
+    disks: dict[str, str] = {}
+    try:
+        for want in bundle.block_device_requests(spec):  # CRI raw block volumes: hot-added disks
+            disks[want["serial"]] = await blockdev.wait_for_serial(want["serial"], DISK_WAIT,
+                                                                   rt.p("/sys"), rt.p("/dev"))
+    except bundle.SpecError as exc:
+        raise err(Code.INVALID_ARGUMENT, f"container {c.id}: {exc}") from exc
+    except TimeoutError as exc:
+        raise err(Code.DEADLINE_EXCEEDED, f"container {c.id}: {exc} (device not hot-added?)") from exc
     try:
         sysctls = bundle.prepare(spec, rootfs=gp.container_rootfs(c.id), rootfs_view=rootfs,
                                  sandbox_pid=lambda: rt.holder_pid, container_pid=container_pid,
-                                 dev_root=rt.p("/dev"))
+                                 dev_root=rt.p("/dev"), block_devices=disks)
     except bundle.PreconditionError as exc:
         raise err(Code.FAILED_PRECONDITION, f"container {c.id}: {exc}") from exc
     except bundle.SpecError as exc:

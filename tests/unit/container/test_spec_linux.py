@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import stat
 
 import pytest
 
 from frakpy.agent.protocol import guestpaths as gp
+from frakpy.container.spec import MAX_BLOCK_DEVICES, block_device_serial, plan_block_devices
 from frakpy.errors import InvalidArgument
 from tests.unit.container.cri import CID, SID, security, spec_for
 
@@ -90,9 +95,55 @@ def test_resources_empty_and_explicit_swap():
     assert out["linux"]["resources"]["memory"] == {"limit": 100, "swap": 300}
 
 
-def test_devices_are_refused():
-    with pytest.raises(InvalidArgument, match="devices"):
-        spec_for({"devices": [{"container_path": "/dev/fuse", "host_path": "/dev/fuse", "permissions": "rwm"}]})
+def _a_block_device() -> str:
+    for name in sorted(os.listdir("/dev")):
+        path = f"/dev/{name}"
+        with contextlib.suppress(OSError):
+            if stat.S_ISBLK(os.stat(path).st_mode):
+                return path
+    pytest.skip("no block device on this host")
+
+
+def test_block_devices_become_an_agent_annotation(tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    blk = _a_block_device()
+    spec = spec_for({"devices": [{"container_path": "/dev/xvda", "host_path": blk, "permissions": "rwm"},
+                                 {"container_path": "/dev/xvdb/", "host_path": str(disk), "permissions": "mr"}]})
+    assert json.loads(spec["annotations"][gp.ANN_BLOCK_DEVICES]) == [
+        {"serial": f"dev-{CID[:12]}-0", "path": "/dev/xvda", "access": "rwm"},
+        {"serial": f"dev-{CID[:12]}-1", "path": "/dev/xvdb", "access": "rm"},
+    ]
+    assert gp.ANN_BLOCK_DEVICES in gp.CONSUMED_ANNOTATIONS
+    assert "devices" not in spec["linux"]  # the agent adds the guest node (major/minor are the guest's)
+    plan = plan_block_devices(CID, [{"container_path": "/dev/xvda", "host_path": blk, "permissions": "rwm"},
+                                    {"container_path": "/dev/xvdb", "host_path": str(disk), "permissions": "r"}])
+    assert [(b.driver, b.readonly) for b in plan] == [("host_device", False), ("file", True)]
+    assert all(len(b.serial) <= 20 for b in plan)
+    assert block_device_serial(CID, MAX_BLOCK_DEVICES - 1) == f"dev-{CID[:12]}-99"
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ({"container_path": "/dev/xvda", "host_path": "/nonexistent/disk", "permissions": "rwm"},
+         "/dev/xvda: host path /nonexistent/disk is not usable"),
+        ({"container_path": "/dev/null2", "host_path": "/dev/null", "permissions": "rwm"},
+         "character device; node character devices cannot enter a pod VM"),
+        ({"container_path": "/dev/xvda", "host_path": "/", "permissions": "rwm"}, "neither a block device"),
+        ({"container_path": "/dev/xvda", "host_path": "/dev/null", "permissions": "rwx"}, "subset of 'rwm'"),
+        ({"container_path": "xvda", "host_path": "/dev/null", "permissions": "r"}, "absolute"),
+        ({"container_path": "/dev/xvda", "host_path": "dev/sda", "permissions": "r"}, "absolute"),
+    ],
+)
+def test_unusable_devices_are_refused(device, match):
+    with pytest.raises(InvalidArgument, match=re.escape(match)):
+        spec_for({"devices": [device]})
+
+
+def test_cdi_devices_are_refused():
+    with pytest.raises(InvalidArgument, match="CDI_devices"):
+        spec_for({"CDI_devices": [{"name": "vendor.com/gpu=0"}]})
 
 
 # --- mounts ---------------------------------------------------------------------------------
