@@ -45,7 +45,8 @@ log = logging.getLogger("frakpy.streams")
 EXEC_WINDOW = 256 << 10  # unacknowledged exec output the agent may hold
 PORT_WINDOW = 1 << 20  # unacknowledged port-forward bytes the agent may hold (per connection)
 ATTACH_QUEUE_BYTES = 1 << 20  # an attacher this far behind the log is disconnected
-WRITE_CHUNK = 256 << 10  # stdin / port data per agent call
+WRITE_CHUNK = 256 << 10  # stdin data per agent call
+PORT_WRITE_BATCH = 1 << 20  # port-forward data per agent call at most (collected while one is in flight)
 WRITE_TIMEOUT = 24 * 3600.0  # a write waits for the reader in the guest, however slow
 
 
@@ -251,6 +252,74 @@ class AttachSession:
 # -- port forward ---------------------------------------------------------------------------------
 
 
+class _Coalescer:
+    """Batches writes into agent calls of up to ``limit`` bytes with one call in flight.
+
+    Each agent call costs a round trip (milliseconds under TCG), so a client sending many small
+    frames would be bound by call latency; while a call is in flight, further data collects and
+    goes in the next call. ``write`` returns once its data is queued, and waits only while
+    ``limit`` bytes are already queued (backpressure); a failure surfaces on the next write or
+    on ``flush``.
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[object]], limit: int) -> None:
+        self._send = send
+        self._limit = limit
+        self._buf = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._room = asyncio.Event()
+        self._room.set()
+        self._error: BaseException | None = None
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            self._raise()
+            if len(self._buf) >= self._limit:
+                self._room.clear()
+                self._kick()
+                await self._room.wait()
+                continue
+            take = self._limit - len(self._buf)
+            self._buf += view[:take]
+            view = view[take:]
+            self._kick()
+
+    async def flush(self) -> None:
+        while self._buf or (self._task is not None and not self._task.done()):
+            self._kick()
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            self._raise()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _kick(self) -> None:
+        if self._buf and (self._task is None or self._task.done()) and self._error is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self._buf:
+            piece, self._buf = bytes(self._buf), bytearray()
+            self._room.set()
+            try:
+                await self._send(piece)
+            except BaseException as exc:
+                self._error = exc
+                self._room.set()
+                return
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
 class PortStream:
     def __init__(self, agent: AgentClient, sandbox_id: str, port: int, conn_id: str,
                  chunks: AsyncIterator[PortChunk]) -> None:
@@ -260,6 +329,8 @@ class PortStream:
         self.conn_id = conn_id
         self._chunks = chunks
         self._acker = _Acker(lambda off: agent.port_ack(conn_id, off))
+        self._writer = _Coalescer(lambda piece: agent.port_write(conn_id, piece, timeout=WRITE_TIMEOUT),
+                                  PORT_WRITE_BATCH)
         self._pending = 0  # end offset of the chunk handed out last: consumed once read() is called again
         self._eof = False
         self._closed = False
@@ -282,10 +353,11 @@ class PortStream:
         return b""
 
     async def write(self, data: bytes) -> None:
-        await _write_all(lambda piece: self.agent.port_write(self.conn_id, piece, timeout=WRITE_TIMEOUT), data)
+        await self._writer.write(data)
 
     async def close_write(self) -> None:
         if not self._closed:
+            await self._writer.flush()
             with contextlib.suppress(NotFound):
                 await self.agent.port_write(self.conn_id, close_write=True)
 
@@ -294,6 +366,7 @@ class PortStream:
             return
         self._closed = True
         await self._acker.close()
+        await self._writer.close()
         try:
             await self.agent.port_close(self.conn_id)
         except (FrakpyError, OSError) as exc:

@@ -103,12 +103,20 @@ class OutputBuffer:
             out.append(c)
         return out
 
-    async def read(self, offset: int, *, auto_ack: bool = False) -> AsyncIterator[Chunk]:
-        """Chunks from ``offset`` (acknowledging below it) until closed and fully delivered."""
+    async def read(self, offset: int, *, auto_ack: bool = False, coalesce: int = 0) -> AsyncIterator[Chunk]:
+        """Chunks from ``offset`` (acknowledging below it) until closed and fully delivered.
+
+        With ``coalesce``, consecutive chunks of one stream that are already buffered are handed
+        out as one of up to that many bytes (stamped with the first one's time): under TCG every
+        message costs the agent milliseconds, so fewer, larger ones carry a bulk transfer faster.
+        """
         self.ack(offset)
         offset = max(offset, self.chunks[0].offset if self.chunks else self.end)
         while True:
-            for c in self.chunks_from(offset):
+            pending = self.chunks_from(offset)
+            if coalesce:
+                pending = _coalesced(pending, coalesce)
+            for c in pending:
                 yield c
                 offset = c.end
                 if auto_ack:
@@ -118,6 +126,24 @@ class OutputBuffer:
             await self._wait_change()
 
 
+def _coalesced(chunks: list[Chunk], limit: int) -> list[Chunk]:
+    out: list[Chunk] = []
+    parts: list[bytes] = []
+    size = 0
+    for c in chunks:
+        if out and parts and c.stream == out[-1].stream and size + len(c.data) <= limit:
+            parts.append(c.data)
+            size += len(c.data)
+            continue
+        if len(parts) > 1:
+            out[-1] = Chunk(out[-1].offset, out[-1].stream, out[-1].time_ns, b"".join(parts))
+        out.append(c)
+        parts, size = [c.data], len(c.data)
+    if len(parts) > 1:
+        out[-1] = Chunk(out[-1].offset, out[-1].stream, out[-1].time_ns, b"".join(parts))
+    return out
+
+
 class Pump:
     """Moves bytes from a non-blocking fd (pipe or pty master) into an OutputBuffer.
 
@@ -125,8 +151,10 @@ class Pump:
     an acknowledgement makes room. EOF (or EIO of a pty master whose slave is gone) ends it.
     """
 
-    def __init__(self, fd: int, stream: int, buffer: OutputBuffer, on_done: Callable[[], None]) -> None:
+    def __init__(self, fd: int, stream: int, buffer: OutputBuffer, on_done: Callable[[], None],
+                 read_size: int = READ_SIZE) -> None:
         self.fd = fd
+        self.read_size = read_size
         self.stream = stream
         self.buffer = buffer
         self.on_done = on_done
@@ -155,7 +183,7 @@ class Pump:
             self.buffer.on_space(self._resume)
             return
         try:
-            data = os.read(self.fd, min(READ_SIZE, room))
+            data = os.read(self.fd, min(self.read_size, room))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

@@ -21,6 +21,8 @@ from frakpy_guest import iobuf
 DEFAULT_WINDOW = 256 << 10
 MAX_WINDOW = 8 << 20
 CONNECT_TIMEOUT = 10.0
+SOCKET_READ = 256 << 10  # per recv: a loopback socket often has more than a pipe's 64 KiB
+COALESCE = 1 << 20  # bytes per PortData message at most, from chunks already buffered
 _ids = itertools.count(1)
 
 
@@ -33,7 +35,8 @@ class Conn:
         self.buffer = iobuf.OutputBuffer(window)
         self.closed = asyncio.Event()
         # the pump owns a duplicate: it closes it at EOF while the write half stays usable
-        self.pump = iobuf.Pump(os.dup(self.fd), iobuf.STDOUT, self.buffer, self.buffer.close)
+        self.pump = iobuf.Pump(os.dup(self.fd), iobuf.STDOUT, self.buffer, self.buffer.close,
+                               read_size=SOCKET_READ)
 
     async def write(self, data: bytes) -> int:
         loop = asyncio.get_running_loop()
@@ -130,7 +133,7 @@ async def port_connect(state, req: pb.PortConnectRequest, call: ServerCall):  # 
     table[conn.id] = conn
     try:
         yield pb.PortData(conn_id=conn.id)
-        async for chunk in conn.buffer.read(0):
+        async for chunk in conn.buffer.read(0, coalesce=COALESCE):
             yield pb.PortData(conn_id=conn.id, offset=chunk.offset, data=chunk.data)
         if not conn.closed.is_set():
             yield pb.PortData(conn_id=conn.id, offset=conn.buffer.end, eof=True)

@@ -32,6 +32,7 @@ from frakpy_guest.runtime import (
 )
 
 DEFAULT_OUTPUT_LIMIT = 16 << 20
+EXEC_COALESCE = 256 << 10  # bytes per output message of an exec process at most
 EXEC_OUTPUT_GRACE = 1.0  # after the exit, wait this long for the pipes to reach EOF
 
 
@@ -221,7 +222,10 @@ async def delete_process(rt: Runtime, req: pb.DeleteProcessRequest, call: Server
 
 async def read_output(rt: Runtime, req: pb.ReadOutputRequest, call: ServerCall):  # type: ignore[no-untyped-def]
     proc = rt.get(req.container_id).proc(req.exec_id)
-    async for chunk in proc.buffer.read(req.from_offset, auto_ack=req.auto_ack):
+    # exec output (interactive or bulk) is merged into fewer, larger messages; a container's own
+    # output keeps one chunk per read, so its log lines keep their own timestamps
+    coalesce = EXEC_COALESCE if req.exec_id else 0
+    async for chunk in proc.buffer.read(req.from_offset, auto_ack=req.auto_ack, coalesce=coalesce):
         yield pb.OutputChunk(offset=chunk.offset, stream=chunk.stream, time_ns=chunk.time_ns, data=chunk.data)
 
 

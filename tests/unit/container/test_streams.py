@@ -334,3 +334,38 @@ async def test_cri_exec_attach_port_forward_check_up_front(env: Env) -> None:
         await ss.PortForward(pb.PortForwardRequest(pod_sandbox_id="sb1"), None)
     with pytest.raises(errors.Unimplemented):
         await ContainerServicer(env.mgr).Exec(pb.ExecRequest(container_id="c1", cmd=["x"], stdout=True), None)
+
+
+def test_port_writes_are_batched_while_one_call_is_in_flight() -> None:
+    async def main() -> list[bytes]:
+        sent: list[bytes] = []
+        gate = asyncio.Event()
+
+        async def send(piece: bytes) -> None:
+            sent.append(piece)
+            await gate.wait()
+
+        w = streams_mod._Coalescer(send, limit=10)
+        await w.write(b"abc")  # goes out at once
+        await asyncio.sleep(0)
+        await w.write(b"def")
+        await w.write(b"ghi")  # both collected while the first call waits
+        gate.set()
+        await w.flush()
+        return sent
+
+    assert asyncio.run(main()) == [b"abc", b"defghi"]
+
+
+def test_port_write_failure_surfaces_on_the_next_write() -> None:
+    async def main() -> None:
+        async def send(piece: bytes) -> None:
+            raise errors.Unavailable("guest socket closed")
+
+        w = streams_mod._Coalescer(send, limit=4)
+        await w.write(b"xy")
+        await asyncio.sleep(0.01)
+        with pytest.raises(errors.Unavailable):
+            await w.write(b"z")
+
+    asyncio.run(main())
