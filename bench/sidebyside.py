@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -43,7 +44,9 @@ def frakpy_and_peer(prefix: str, with_peer: bool = True) -> Iterator[SideBySide]
         image = f"{reg.host}/busybox:bench"
         cfg = PullConfig(registries=[RegistryConfig(name=reg.host, insecure=True)])
         asyncio.run(push_layout(work / "busybox", image, config=cfg))
-        d = dfx.start(base, dfx.write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n'))
+        # FRAKPY_BENCH_CONFIG: extra frakpyd config for a run, e.g. "[handlers.frakpy]\ntb_size_mib = 16"
+        extra = os.environ.get("FRAKPY_BENCH_CONFIG", "").replace("\\n", "\n")
+        d = dfx.start(base, dfx.write_config(base, f'[registries."{reg.host}"]\ninsecure = true\n' + extra))
         if with_peer:
             peer = Peer(reg.host).start()
         yield SideBySide(work, image, f"unix://{d.socket}", peer)
