@@ -16,11 +16,14 @@ host, where the container's writes landed through 9p.
 
 CRI devices (raw block volumes, ``volumeMode: Block``): each ``host_path`` must be a block
 device (or a disk image file); checked by frakpy.container.spec.plan_block_devices before any VM
-work (character devices are refused). Each one is hot-added as its own ``scsi-hd`` (QEMU driver
-``host_device``/``file``, read-only without ``w``, id = serial = ``dev-<cid[:12]>-<n>``) before
-the agent's CreateContainer; the agent finds the disk by serial and puts the guest's node in the
-spec (annotation ``io.frakpy.block-devices``). The ids are recorded (``Container.block_disks``)
-and hot-removed at RemoveContainer (also after a daemon restart) and on a failed create.
+work (character devices are refused). Each node device is hot-added once per sandbox as a
+``scsi-hd`` (QEMU driver ``host_device``/``file``, read-only without ``w``, id = serial =
+``blk-<hash of the host path>``) before the agent's CreateContainer and shared by every container
+of the pod that names it (refcounted; a read-only attachment cannot serve a later writer:
+FAILED_PRECONDITION); the agent finds the disk by serial and puts the guest's node in the spec
+(annotation ``io.frakpy.block-devices``). A container's uses are recorded
+(``Container.block_disks``, ``<serial>`` or ``<serial>:ro``) and released at RemoveContainer
+(also after a daemon restart) and on a failed create; the last release hot-removes the disk.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from frakpy.container.model import Container, ContainerMetadata, ContainerState
 from frakpy.container.spec import (
     DEFAULT_TERMINATION_PATH,
     TERMINATION_PATH_ANNOTATION,
+    BlockDevice,
     ImageConfig,
     build_spec,
     oci_resources,
@@ -80,6 +84,7 @@ class _SandboxState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     events: asyncio.Task[None] | None = None
     share_mounted: bool = False  # the guest mounted the volume share (MountShare)
+    disks: dict[str, list[Any]] = field(default_factory=dict)  # CRI device serial -> [users, readonly]
 
 
 @dataclass
@@ -202,14 +207,10 @@ class ContainerManager:
             c.image_mount_id = await self._acquire_image(sb.id, running, img.id, img.fsimage_path)
             undo.push_async_callback(self._release_image, sb.id, c.image_mount_id)
             for dev in block_devices:
-                try:
-                    await running.vm.qmp.add_disk(dev.serial, Path(dev.host_path), serial=dev.serial,
-                                                  readonly=dev.readonly, driver=dev.driver)
-                except FrakpyError as exc:
-                    raise type(exc)(f"device {dev.container_path}: attaching {dev.host_path} to the pod "
-                                    f"VM failed: {exc}") from exc
-                undo.push_async_callback(_suppressed, running.vm.qmp.remove_disk, dev.serial)
-                c.block_disks.append(dev.serial)
+                await self._acquire_block(sb.id, running, dev)
+                use = dev.serial + (":ro" if dev.readonly else "")
+                undo.push_async_callback(self._release_block, sb.id, use)
+                c.block_disks.append(use)
             self._ensure_events(sb.id, running)
             c.pid = await _agent(running).create_container(cid, spec, image_mount_id=c.image_mount_id,
                                                          stdin=c.stdin, tty=c.tty)
@@ -270,16 +271,52 @@ class ContainerManager:
             except (FrakpyError, OSError) as exc:
                 log.warning("sandbox %s: releasing image %s failed: %s", sandbox_id[:12], mount_id, exc)
 
+    async def _acquire_block(self, sandbox_id: str, running: RunningVM, dev: BlockDevice) -> None:
+        """Attach a CRI device's node device to the VM, or count one more user of it."""
+        st = self._sbstate(sandbox_id)
+        async with st.lock:
+            held = st.disks.get(dev.serial)
+            if held is not None:
+                if held[1] and not dev.readonly:
+                    raise FailedPrecondition(
+                        f"device {dev.container_path}: {dev.host_path} is attached read-only to this pod "
+                        "by another container; it cannot also be written (give it 'rwm' everywhere)")
+                held[0] += 1
+                return
+            try:
+                await running.vm.qmp.add_disk(dev.serial, Path(dev.host_path), serial=dev.serial,
+                                              readonly=dev.readonly, driver=dev.driver)
+            except FrakpyError as exc:
+                raise type(exc)(f"device {dev.container_path}: attaching {dev.host_path} to the pod "
+                                f"VM failed: {exc}") from exc
+            st.disks[dev.serial] = [1, dev.readonly]
+
+    async def _release_block(self, sandbox_id: str, use: str) -> None:
+        serial = use.split(":", 1)[0]
+        st = self._sb.get(sandbox_id)
+        if st is None:
+            return
+        async with st.lock:
+            held = st.disks.get(serial)
+            if held is None:
+                return
+            held[0] -= 1
+            if held[0] > 0:
+                return
+            del st.disks[serial]
+            running = self._running_vm(sandbox_id)
+            if running is None:
+                return
+            try:
+                await running.vm.qmp.remove_disk(serial)
+            except (FrakpyError, OSError) as exc:
+                log.warning("sandbox %s: detaching device disk %s failed: %s", sandbox_id[:12], serial, exc)
+
     async def _detach_block_disks(self, c: Container) -> None:
-        """Hot-remove the container's CRI devices from its VM (the container is deleted in the
-        guest already, so nothing holds the disks). Without a VM there is nothing to detach."""
-        running = self._running_vm(c.sandbox_id) if c.block_disks else None
-        if running is not None:
-            for disk_id in c.block_disks:
-                try:
-                    await running.vm.qmp.remove_disk(disk_id)
-                except (FrakpyError, OSError) as exc:
-                    log.warning("container %s: detaching device disk %s failed: %s", c.id[:12], disk_id, exc)
+        """Release the container's CRI devices (the container is deleted in the guest already);
+        a disk no other container of the pod uses is hot-removed from the VM."""
+        for use in c.block_disks:
+            await self._release_block(c.sandbox_id, use)
         c.block_disks = []
 
     # -- exit events ------------------------------------------------------------------------------
@@ -632,6 +669,11 @@ class ContainerManager:
                 continue
             st = self._sbstate(c.sandbox_id)
             st.images[c.image_mount_id] = st.images.get(c.image_mount_id, 0) + 1
+            for use in c.block_disks:
+                serial, _, ro = use.partition(":")
+                held = st.disks.setdefault(serial, [0, ro == "ro"])
+                held[0] += 1
+                held[1] = held[1] and ro == "ro"
             self._ensure_events(c.sandbox_id, running)
             if c.state is ContainerState.RUNNING or (c.state is ContainerState.EXITED and c.started_at):
                 if c.log_path:

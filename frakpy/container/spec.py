@@ -450,10 +450,13 @@ class BlockDevice:
 MAX_BLOCK_DEVICES = 100  # per container: keeps serials within 20 characters
 
 
-def block_device_serial(container_id: str, index: int) -> str:
-    """``dev-<12 hex of the container id>-<index>``: unique per sandbox, at most 20 chars, and
-    never equal to an image disk's serial (those are plain hex)."""
-    return f"dev-{container_id[:12]}-{index}"
+def block_device_serial(host_path: str) -> str:
+    """``blk-<16 hex of the resolved host path>``: one disk per node device and sandbox (two
+    containers of a pod, or two paths in one container, share it), at most 20 chars, never equal
+    to an image disk's serial (those are plain hex)."""
+    import hashlib
+
+    return "blk-" + hashlib.sha256(os.path.realpath(host_path).encode()).hexdigest()[:16]
 
 
 def plan_block_devices(container_id: str, devices: Any) -> list[BlockDevice]:
@@ -493,7 +496,7 @@ def plan_block_devices(container_id: str, devices: Any) -> list[BlockDevice]:
         if len(out) >= MAX_BLOCK_DEVICES:
             raise InvalidArgument(f"{what}: more than {MAX_BLOCK_DEVICES} devices in one container")
         out.append(BlockDevice(host, posixpath.normpath(dest), "".join(c for c in "rwm" if c in perms),
-                               block_device_serial(container_id, len(out)), driver))
+                               block_device_serial(host), driver))
     return out
 
 

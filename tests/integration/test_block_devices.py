@@ -140,18 +140,51 @@ def test_refused_devices_leave_nothing_behind(env, loopdev):
             filter=pb.ContainerFilter(pod_sandbox_id=pod_id))).containers
         assert [x.metadata.name for x in listed] == ["watch"]
 
-        # a failure after the first disk went in (QEMU refuses a second writer of the same device):
-        # the first one is hot-removed again
-        cfg = with_device(with_device(container_config("twice", image, SLEEP), dev), dev, "/dev/xvdc")
+        # a failure after a first disk went in: the device is held read-only by another container,
+        # so a writer is refused (FAILED_PRECONDITION) and the image file attached before it goes again
+        ro = started(c, pod_id, sb_cfg, with_device(container_config("ro", image, SLEEP), dev, perms="r"))
+        held = vm_disks(c, watcher)
+        assert len(held) == len(before) + 1
+        img = work / "extra.img"
+        img.write_bytes(b"\0" * (1024 * 1024))
+        cfg = with_device(with_device(container_config("writer", image, SLEEP), str(img)), dev, "/dev/xvdc")
         with pytest.raises(CRIError) as exc:
             create(c, pod_id, sb_cfg, cfg)
-        assert "device /dev/xvdc" in exc.value.details, exc.value.details
+        assert exc.value.code == grpc.StatusCode.FAILED_PRECONDITION, exc.value.details
+        assert "device /dev/xvdc" in exc.value.details and "read-only" in exc.value.details
+        assert vm_disks(c, watcher) == held
+        remove(c, ro)
         assert vm_disks(c, watcher) == before
         # and the same device works for the next container
         cid = started(c, pod_id, sb_cfg, with_device(container_config("ok", image, SLEEP), dev))
         out(c, cid, "dd if=/dev/xvdb bs=512 count=1 of=/dev/null")
         remove(c, cid)
         assert vm_disks(c, watcher) == before
+
+
+def test_containers_of_a_pod_share_one_disk_per_device(env, loopdev):
+    d, image, work, base = env
+    dev, _ = loopdev
+    with d.client(timeout=120) as c:
+        pod_id, sb_cfg = run_pod(c, "blkshare", work)
+        watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
+        before = vm_disks(c, watcher)
+        # the same device twice in one container and once in another: one disk in the VM
+        a = started(c, pod_id, sb_cfg, with_device(with_device(container_config("a", image, SLEEP), dev), dev,
+                                                   "/dev/xvdc"))
+        b = started(c, pod_id, sb_cfg, with_device(container_config("b", image, SLEEP), dev, perms="r"))
+        assert len(vm_disks(c, watcher)) == len(before) + 1
+        out(c, a, f"printf SHARED-DISK | dd of=/dev/xvdc bs=1 seek={OFFSET} conv=notrunc,fsync && sync")
+        assert out(c, a, f"dd if=/dev/xvdb bs=1 skip={OFFSET} count=11 2>/dev/null") == "SHARED-DISK"
+        assert out(c, b, f"dd if=/dev/xvdb bs=1 skip={OFFSET} count=11 2>/dev/null") == "SHARED-DISK"
+        assert sh(c, b, f"printf x | dd of=/dev/xvdb bs=1 seek={OFFSET} conv=notrunc").exit_code != 0
+        remove(c, a)
+        assert len(vm_disks(c, watcher)) == len(before) + 1  # b still uses it
+        assert out(c, b, f"dd if=/dev/xvdb bs=1 skip={OFFSET} count=11 2>/dev/null") == "SHARED-DISK"
+        remove(c, b)
+        assert vm_disks(c, watcher) == before
+        c.call(c.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        c.call(c.runtime.RemovePodSandbox, pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_remove_after_daemon_restart_detaches(env, loopdev):

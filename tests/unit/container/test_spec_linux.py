@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from frakpy.agent.protocol import guestpaths as gp
-from frakpy.container.spec import MAX_BLOCK_DEVICES, block_device_serial, plan_block_devices
+from frakpy.container.spec import block_device_serial, plan_block_devices
 from frakpy.errors import InvalidArgument
 from tests.unit.container.cri import CID, SID, security, spec_for
 
@@ -111,16 +111,19 @@ def test_block_devices_become_an_agent_annotation(tmp_path):
     spec = spec_for({"devices": [{"container_path": "/dev/xvda", "host_path": blk, "permissions": "rwm"},
                                  {"container_path": "/dev/xvdb/", "host_path": str(disk), "permissions": "mr"}]})
     assert json.loads(spec["annotations"][gp.ANN_BLOCK_DEVICES]) == [
-        {"serial": f"dev-{CID[:12]}-0", "path": "/dev/xvda", "access": "rwm"},
-        {"serial": f"dev-{CID[:12]}-1", "path": "/dev/xvdb", "access": "rm"},
+        {"serial": block_device_serial(blk), "path": "/dev/xvda", "access": "rwm"},
+        {"serial": block_device_serial(str(disk)), "path": "/dev/xvdb", "access": "rm"},
     ]
     assert gp.ANN_BLOCK_DEVICES in gp.CONSUMED_ANNOTATIONS
     assert "devices" not in spec["linux"]  # the agent adds the guest node (major/minor are the guest's)
     plan = plan_block_devices(CID, [{"container_path": "/dev/xvda", "host_path": blk, "permissions": "rwm"},
                                     {"container_path": "/dev/xvdb", "host_path": str(disk), "permissions": "r"}])
     assert [(b.driver, b.readonly) for b in plan] == [("host_device", False), ("file", True)]
-    assert all(len(b.serial) <= 20 for b in plan)
-    assert block_device_serial(CID, MAX_BLOCK_DEVICES - 1) == f"dev-{CID[:12]}-99"
+    assert all(len(b.serial) <= 20 and b.serial.startswith("blk-") for b in plan)
+    # one serial per node device: the same device under two paths (or in two containers) is one disk
+    link = tmp_path / "disk-link.img"
+    link.symlink_to(disk)
+    assert block_device_serial(str(link)) == block_device_serial(str(disk)) != block_device_serial(blk)
 
 
 @pytest.mark.parametrize(
