@@ -221,15 +221,29 @@ async def launch(sb: Sandbox, spec: VMSpec, handler_name: str, handler: HandlerC
     return running
 
 
-async def adopt(sb: Sandbox, log: logging.Logger, timeout: float = 10.0) -> RunningVM:
-    """Reconnect to a VM started before a daemon restart; raises when it is not usable."""
+async def adopt(sb: Sandbox, log: logging.Logger, timeout: float = 10.0, attempts: int = 2) -> RunningVM:
+    """Reconnect to a VM started before a daemon restart; raises when it is not usable.
+
+    A second connection is tried when the first gets no answer: the agent starts a fresh session
+    (and frame decoder) whenever the host side hangs up, which clears whatever the dead daemon's
+    connection may have left half-sent on the channel."""
     vm = QemuVM(spec_from_record(sb), log)
     await vm.adopt(sb.vm.pid)
     running = RunningVM(vm)
-    try:
-        running.agent = await AgentClient.connect(sb.vm.agent_uri, timeout=timeout, sandbox_id=sb.id)
-        await running.agent.health(timeout=timeout)
-    except (FrakpyError, OSError) as exc:
-        await running.close()
-        raise Unavailable(f"sandbox {sb.id[:12]}: the VM is running but its agent does not answer: {exc}") from exc
-    return running
+    for attempt in range(1, attempts + 1):
+        try:
+            running.agent = await AgentClient.connect(sb.vm.agent_uri, timeout=timeout, sandbox_id=sb.id)
+            await running.agent.health(timeout=timeout)
+            return running
+        except (FrakpyError, OSError) as exc:
+            if running.agent is not None:
+                with contextlib.suppress(Exception):
+                    await running.agent.close()
+                running.agent = None
+            if attempt == attempts:
+                await running.close()
+                raise Unavailable(
+                    f"sandbox {sb.id[:12]}: the VM is running but its agent does not answer: {exc}") from exc
+            log.warning("sandbox %s: agent did not answer after the restart (%s); reconnecting", sb.id[:12], exc)
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")

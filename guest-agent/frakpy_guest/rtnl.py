@@ -177,6 +177,17 @@ class Rtnl:
         self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body + attrs, f"adding neighbour {ip} at {mac}")
 
 
+def announce(name: str) -> None:
+    """Have the kernel send gratuitous ARP when the link comes up (arp_notify): pod IPs are
+    reused with new MACs, and the node's bridge would otherwise keep a stale or failed neighbour
+    entry for the address until it expires."""
+    try:
+        with open(f"/proc/sys/net/ipv4/conf/{name}/arp_notify", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # an announcement is an optimisation; the address works without it
+
+
 def _route_order(r: Mapping[str, Any]) -> tuple[bool, int]:
     return (bool(r.get("gateway")), int(r.get("family", 4)))  # link routes first: gateways resolve
 
@@ -193,6 +204,7 @@ def apply(config: Mapping[str, Any]) -> str:
             nl.set_link(index, mtu=int(config["mtu"]))
         for a in config.get("addresses", []):
             nl.add_address(index, a["address"], int(a["prefixlen"]))
+        announce(name)
         nl.set_link(index, up=True)
         for r in sorted(config.get("routes", []), key=_route_order):
             nl.replace_route(index, r)
