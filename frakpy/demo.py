@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     took = time.monotonic() - t0
     _frakpy("pods")
     info = json.loads(_frakpy("inspectp", pod_id, capture=True))
-    vm = json.loads(info.get("info", {}).get("info", "{}")).get("vm", {})
+    extra = info.get("info", {})  # `frakpy inspectp` parses the verbose info's JSON values
+    if isinstance(extra, str):
+        extra = json.loads(extra or "{}")
+    vm = extra.get("vm", {})
     boot = vm.get("boot", {})
     how = (f"a QEMU VM restored from the handler's VM template {boot.get('template', '')}"
            if boot.get("mode") == "template" else "a QEMU VM booted to a ready agent")
