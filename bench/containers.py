@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.sidebyside import frakpy_and_peer, report  # noqa: E402
+from bench.sidebyside import ratio_table, report, run_side_by_side  # noqa: E402
 from frakpy.cri.client import CRIClient  # noqa: E402
 from frakpy.cri.proto import api_pb2 as pb  # noqa: E402
 
@@ -144,17 +144,7 @@ ROWS = [  # (label, key, stat)
 
 
 def table(result: dict) -> str:
-    rts = result["runtimes"]
-    fk, ct = rts.get("frakpy", {}), rts.get("containerd", {})
-    lines = [f"{'metric':42} {'frakpy':>10} {'containerd':>11} {'ratio':>7}"]
-    for label, key, stat in ROWS:
-        a = fk.get(key, {}).get(stat)
-        b = ct.get(key, {}).get(stat)
-        fa = f"{a * 1000:10.1f}" if a is not None else f"{'-':>10}"
-        fb = f"{b * 1000:11.1f}" if b is not None else f"{'-':>11}"
-        ratio = f"{a / b:7.2f}" if a is not None and b else f"{'-':>7}"
-        lines.append(f"{label:42} {fa} {fb} {ratio}")
-    return "\n".join(lines)
+    return ratio_table(result, [(label, lambda r, k=key, st=stat: r[k][st] * 1000) for label, key, stat in ROWS])
 
 
 def main() -> int:
@@ -166,18 +156,9 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                    "runs": args.runs, "exec_runs": args.exec_runs, "pod_runs": args.pod_runs, "runtimes": {}}
-    with frakpy_and_peer("bench-ctr", not args.no_peer) as sb:
-        print("frakpy ...", file=sys.stderr, flush=True)
-        result["runtimes"]["frakpy"] = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image,
-                                                     sb.work / "logs-frakpy", args)
-        if sb.peer is not None:
-            print("containerd ...", file=sys.stderr, flush=True)
-            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
-                                                             sb.work / "logs-containerd", args,
-                                                             on_pod=sb.peer.track_pod)
-        result["load_avg_end"] = os.getloadavg()
+    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(),
+                    "runs": args.runs, "exec_runs": args.exec_runs, "pod_runs": args.pod_runs}
+    run_side_by_side("bench-ctr", args, bench_runtime, result)
     report(result, args.json, table)
     return 0
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.containers import pod_config, summary  # noqa: E402
 from bench.network import cycle as net_cycle  # noqa: E402
-from bench.sidebyside import frakpy_and_peer, report  # noqa: E402
+from bench.sidebyside import ratio_table, report, run_side_by_side  # noqa: E402
 from frakpy.cri.client import CRIClient  # noqa: E402
 from frakpy.cri.proto import api_pb2 as pb  # noqa: E402
 from frakpy.network import PodNetwork  # noqa: E402
@@ -247,24 +247,9 @@ ROWS = [  # (label, getter, unit)
 
 
 def table(result: dict) -> str:
-    rts = result["runtimes"]
-    fk, ct = rts.get("frakpy", {}), rts.get("containerd", {})
-    lines = [f"{'metric':42} {'frakpy':>10} {'containerd':>11} {'ratio':>7}"]
-
-    def get(r, fn):
-        try:
-            return fn(r)
-        except (KeyError, TypeError, ZeroDivisionError):
-            return None
-    for label, fn in ROWS:
-        a, b = get(fk, fn), get(ct, fn)
-        fa = f"{a:10.1f}" if a is not None else f"{'-':>10}"
-        fb = f"{b:11.1f}" if b is not None else f"{'-':>11}"
-        ratio = f"{a / b:7.2f}" if a is not None and b else f"{'-':>7}"
-        lines.append(f"{label:42} {fa} {fb} {ratio}")
-    lines.append(f"(file {result['mb']} MiB, {result['repeats']} transfers each; ratio = frakpy/containerd; "
-                 "CNI rows for frakpy are PodNetwork.setup/teardown timed directly, same conflist)")
-    return "\n".join(lines)
+    return (ratio_table(result, ROWS) + "\n"
+            f"(file {result['mb']} MiB, {result['repeats']} transfers each; ratio = frakpy/containerd; "
+            "CNI rows for frakpy are PodNetwork.setup/teardown timed directly, same conflist)")
 
 
 def main() -> int:
@@ -278,22 +263,11 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                    "pod_runs": args.pod_runs, "net_runs": args.net_runs, "mb": args.mb,
-                    "repeats": args.repeats, "runtimes": {}}
+    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(),
+                    "pod_runs": args.pod_runs, "net_runs": args.net_runs, "mb": args.mb, "repeats": args.repeats}
     print("frakpy PodNetwork setup/teardown ...", file=sys.stderr, flush=True)
     net = frakpy_network_share(args.net_runs, args.bin_dir or ["/opt/cni/bin", "/usr/lib/cni"])
-    with frakpy_and_peer("bench-net", not args.no_peer) as sb:
-        print("frakpy ...", file=sys.stderr, flush=True)
-        fk = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image, sb.work / "logs-frakpy", args)
-        fk["network"] = net
-        result["runtimes"]["frakpy"] = fk
-        if sb.peer is not None:
-            print("containerd ...", file=sys.stderr, flush=True)
-            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
-                                                             sb.work / "logs-containerd", args,
-                                                             on_pod=sb.peer.track_pod)
-        result["load_avg_end"] = os.getloadavg()
+    run_side_by_side("bench-net", args, bench_runtime, result, frakpy_extra={"network": net})
     report(result, args.json, table)
     return 0
 

@@ -74,3 +74,47 @@ def report(result: dict[str, Any], json_path: str | None, table: Callable[[dict[
         Path(json_path).write_text(text)
     print()
     print(table(result))
+
+
+BenchRuntime = Callable[..., dict[str, Any]]
+
+
+def run_side_by_side(prefix: str, args: Any, bench_runtime: BenchRuntime, result: dict[str, Any],
+                     frakpy_extra: dict[str, Any] | None = None) -> None:
+    """Run ``bench_runtime`` against frakpyd, then (unless ``args.no_peer``) containerd, in one
+    environment; fills ``result["runtimes"]`` and the load averages around the runs."""
+    result.setdefault("runtimes", {})
+    result["load_avg_start"] = os.getloadavg()
+    with frakpy_and_peer(prefix, not args.no_peer) as sb:
+        print("frakpy ...", file=sys.stderr, flush=True)
+        fk = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image, sb.work / "logs-frakpy", args)
+        fk.update(frakpy_extra or {})
+        result["runtimes"]["frakpy"] = fk
+        if sb.peer is not None:
+            print("containerd ...", file=sys.stderr, flush=True)
+            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
+                                                             sb.work / "logs-containerd", args,
+                                                             on_pod=sb.peer.track_pod)
+        result["load_avg_end"] = os.getloadavg()
+
+
+def ratio_table(result: dict[str, Any], rows: list[tuple[str, Callable[[dict[str, Any]], float | None]]],
+                width: int = 42) -> str:
+    """One line per metric: frakpy, containerd and frakpy/containerd; a metric a runtime lacks is '-'."""
+    rts = result["runtimes"]
+    fk, ct = rts.get("frakpy", {}), rts.get("containerd", {})
+
+    def value(r: dict[str, Any], get: Callable[[dict[str, Any]], float | None]) -> float | None:
+        try:
+            return get(r)
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+
+    lines = [f"{'metric':{width}} {'frakpy':>10} {'containerd':>11} {'ratio':>7}"]
+    for label, get in rows:
+        a, b = value(fk, get), value(ct, get)
+        fa = f"{a:10.1f}" if a is not None else f"{'-':>10}"
+        fb = f"{b:11.1f}" if b is not None else f"{'-':>11}"
+        ratio = f"{a / b:7.2f}" if a is not None and b else f"{'-':>7}"
+        lines.append(f"{label:{width}} {fa} {fb} {ratio}")
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.containers import pod_config, summary  # noqa: E402
-from bench.sidebyside import frakpy_and_peer, report  # noqa: E402
+from bench.sidebyside import ratio_table, report, run_side_by_side  # noqa: E402
 from frakpy.cri.client import CRIClient  # noqa: E402
 from frakpy.cri.proto import api_pb2 as pb  # noqa: E402
 from frakpy.streaming.client import PortForward, RemoteCommand, exec_stream  # noqa: E402
@@ -146,20 +146,13 @@ def bench_runtime(label: str, endpoint: str, image: str, log_root: Path, args: a
 
 
 def table(result: dict) -> str:
-    rts = result["runtimes"]
-    fk, ct = rts.get("frakpy", {}), rts.get("containerd", {})
-    lines = [f"{'metric':40} {'frakpy':>10} {'containerd':>11} {'ratio':>7}"]
-    rows = [("exec echo round trip p50 (ms)", lambda r: r.get("exec_echo_s", {}).get("p50"), 1000),
-            ("exec echo round trip p99 (ms)", lambda r: r.get("exec_echo_s", {}).get("p99"), 1000),
-            (f"port-forward download {result['pf_mb']} MiB (MB/s)", lambda r: r.get("pf_download_mb_s"), 1),
-            (f"port-forward upload {result['pf_mb']} MiB (MB/s)", lambda r: r.get("pf_upload_mb_s"), 1)]
-    for label, get, scale in rows:
-        a, b = get(fk), get(ct)
-        fa = f"{a * scale:10.1f}" if a is not None else f"{'-':>10}"
-        fb = f"{b * scale:11.1f}" if b is not None else f"{'-':>11}"
-        ratio = f"{a / b:7.2f}" if a is not None and b else f"{'-':>7}"
-        lines.append(f"{label:40} {fa} {fb} {ratio}")
-    return "\n".join(lines)
+    mb = result["pf_mb"]
+    return ratio_table(result, [
+        ("exec echo round trip p50 (ms)", lambda r: r["exec_echo_s"]["p50"] * 1000),
+        ("exec echo round trip p99 (ms)", lambda r: r["exec_echo_s"]["p99"] * 1000),
+        (f"port-forward download {mb} MiB (MB/s)", lambda r: r["pf_download_mb_s"]),
+        (f"port-forward upload {mb} MiB (MB/s)", lambda r: r["pf_upload_mb_s"]),
+    ], width=40)
 
 
 def main() -> int:
@@ -171,18 +164,9 @@ def main() -> int:
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args()
 
-    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                    "exec_runs": args.exec_runs, "pf_mb": args.pf_mb, "pf_runs": args.pf_runs, "runtimes": {}}
-    with frakpy_and_peer("bench-stream", not args.no_peer) as sb:
-        print("frakpy ...", file=sys.stderr, flush=True)
-        result["runtimes"]["frakpy"] = bench_runtime("frakpy", sb.frakpy_endpoint, sb.image,
-                                                     sb.work / "logs-frakpy", args)
-        if sb.peer is not None:
-            print("containerd ...", file=sys.stderr, flush=True)
-            result["runtimes"]["containerd"] = bench_runtime("containerd", sb.peer.endpoint, sb.image,
-                                                             sb.work / "logs-containerd", args,
-                                                             on_pod=sb.peer.track_pod)
-        result["load_avg_end"] = os.getloadavg()
+    result: dict = {"machine": os.uname().release, "cpus": os.cpu_count(),
+                    "exec_runs": args.exec_runs, "pf_mb": args.pf_mb, "pf_runs": args.pf_runs}
+    run_side_by_side("bench-stream", args, bench_runtime, result)
     report(result, args.json, table)
     return 0
 
