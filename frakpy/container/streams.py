@@ -78,10 +78,15 @@ class _Acker:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await _cancel(task)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Stop a background sender (acknowledgements, batched writes) and wait until it has."""
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def _stream_number(chunk: OutputChunk) -> int:
@@ -314,10 +319,7 @@ class _Coalescer:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await _cancel(task)
 
 
 class PortStream:

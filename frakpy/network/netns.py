@@ -27,20 +27,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from frakpy import oscalls
 from frakpy.errors import FailedPrecondition, InvalidArgument
+from frakpy.oscalls import MNT_DETACH, MS_BIND, MS_REC
 
 NETNS_RUN_DIR = "/run/netns"
 NAME_PREFIX = "frakpy-"
 ID_PREFIX_LEN = 12
 
 CLONE_NEWNET = 0x40000000
-MS_BIND = 4096
-MS_REC = 16384
 MS_SHARED = 1 << 20
-MNT_DETACH = 2
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = oscalls.libc
+_check = oscalls.check
 
 T = TypeVar("T")
 
@@ -60,12 +60,6 @@ def path_for(name: str, run_dir: str = NETNS_RUN_DIR) -> str:
     return os.path.join(run_dir, name)
 
 
-def _check(rc: int, what: str, target: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what} failed for {target}: {os.strerror(err)}", target)
-
-
 def _share_run_dir(run_dir: str) -> None:
     """Make the run dir a shared mount point (iproute2 does the same) so that netns mounts
     made later are visible in mount namespaces cloned from ours."""
@@ -77,21 +71,7 @@ def _share_run_dir(run_dir: str) -> None:
 
 
 def _on_thread(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a new thread and return its result (or raise its exception)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=body, name="frakpy-netns", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return oscalls.on_thread(fn, "frakpy-netns")
 
 
 async def _on_thread_async(fn: Callable[[], T]) -> T:

@@ -47,6 +47,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from frakpy import oscalls
+from frakpy.oscalls import MNT_DETACH, MS_BIND, MS_REC
+
 log = logging.getLogger("frakpy.sandbox.share")
 
 TAG = "frakpy-share"  # 9p mount_tag (at most 31 characters)
@@ -57,11 +60,8 @@ CLONE_FS = 0x200
 CLONE_NEWNS = 0x20000
 MS_RDONLY = 1
 MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
-MNT_DETACH = 2
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
@@ -75,8 +75,8 @@ SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_MOUNT_SETATTR = 442
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_libc = oscalls.libc
+_check = oscalls.check
 
 T = TypeVar("T")
 
@@ -102,28 +102,8 @@ def container_of(name: str) -> str:
     return name.rsplit("-", 1)[0]
 
 
-def _check(rc: int, what: str, target: str = "") -> int:
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what} {target}: {os.strerror(err)}".replace("  ", " "), target or None)
-    return rc
-
-
 def _on_thread(fn: Callable[[], T]) -> T:
-    box: dict[str, object] = {}
-
-    def body() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=body, name="frakpy-volns", daemon=True)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    return oscalls.on_thread(fn, "frakpy-volns")
 
 
 def _unescape(field: str) -> str:

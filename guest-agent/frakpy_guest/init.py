@@ -140,13 +140,18 @@ def enable_cgroup_controllers(root: str = "/sys/fs/cgroup") -> list[str]:
     return enabled
 
 
-def debug_requested() -> bool:
-    """``frakpy.debug=1`` on the kernel command line turns on debug logging (not pod-specific)."""
+def cmdline_flag(flag: str) -> bool:
+    """Whether ``flag`` (e.g. ``frakpy.debug=1``) is a word of the kernel command line."""
     try:
         with open("/proc/cmdline") as f:
-            return "frakpy.debug=1" in f.read().split()
+            return flag in f.read().split()
     except OSError:
         return False
+
+
+def debug_requested() -> bool:
+    """``frakpy.debug=1`` on the kernel command line turns on debug logging (not pod-specific)."""
+    return cmdline_flag("frakpy.debug=1")
 
 
 def bring_up_loopback() -> None:

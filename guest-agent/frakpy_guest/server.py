@@ -96,11 +96,9 @@ async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, syste
 
 def template_boot() -> bool:
     """``frakpy.template=1``: this boot makes a VM template that pods will be restored from."""
-    try:
-        with open("/proc/cmdline") as f:
-            return "frakpy.template=1" in f.read().split()
-    except OSError:
-        return False
+    from frakpy_guest.init import cmdline_flag
+
+    return cmdline_flag("frakpy.template=1")
 
 
 def warm_up() -> None:

@@ -23,12 +23,6 @@ SID = "4c1d8f2a9b7e6d5c4b3a29180716f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e"
 
 
 @pytest.fixture
-async def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with FakeAgent(tmp_path) as fake:
-        yield fake
-
-
-@pytest.fixture
 async def client(agent: FakeAgent):  # type: ignore[no-untyped-def]
     c = await AgentClient.connect(agent.uri, timeout=5, sandbox_id=SID)
     yield c

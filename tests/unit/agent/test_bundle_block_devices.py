@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
 
 import pytest
 from frakpy_guest import bundle
 
 from frakpy.agent.protocol import guestpaths as gp
-
-
-def _a_block_device() -> str:
-    for name in sorted(os.listdir("/dev")):
-        path = f"/dev/{name}"
-        with contextlib.suppress(OSError):
-            if stat.S_ISBLK(os.stat(path).st_mode):
-                return path
-    pytest.skip("no block device on this host")
 
 
 def _spec(entries: object) -> dict:  # type: ignore[type-arg]
@@ -31,8 +20,8 @@ def _prepare(spec: dict, disks: dict[str, str]) -> None:  # type: ignore[type-ar
     bundle.prepare(spec, rootfs="/r", sandbox_pid=lambda: 1, container_pid=lambda _: None, block_devices=disks)
 
 
-def test_block_device_gets_the_guest_node_and_a_cgroup_rule() -> None:
-    node = _a_block_device()
+def test_block_device_gets_the_guest_node_and_a_cgroup_rule(block_device: str) -> None:
+    node = block_device
     rdev = os.stat(node).st_rdev
     major, minor = os.major(rdev), os.minor(rdev)
     spec = _spec([{"serial": "dev-abc-0", "path": "/dev/xvda", "access": "rm"}])

@@ -6,26 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from pathlib import Path
 
 import pytest
 
 from frakpy import errors
 from frakpy.agent.client import AgentClient
 from tests.fakes.agent import FakeAgent
-
-
-@pytest.fixture
-async def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with FakeAgent(tmp_path) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def client(agent: FakeAgent):  # type: ignore[no-untyped-def]
-    c = await AgentClient.connect(agent.uri, timeout=5)
-    yield c
-    await c.close()
 
 
 async def echo_upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import stat
 
 import pytest
 
@@ -95,19 +92,10 @@ def test_resources_empty_and_explicit_swap():
     assert out["linux"]["resources"]["memory"] == {"limit": 100, "swap": 300}
 
 
-def _a_block_device() -> str:
-    for name in sorted(os.listdir("/dev")):
-        path = f"/dev/{name}"
-        with contextlib.suppress(OSError):
-            if stat.S_ISBLK(os.stat(path).st_mode):
-                return path
-    pytest.skip("no block device on this host")
-
-
-def test_block_devices_become_an_agent_annotation(tmp_path):
+def test_block_devices_become_an_agent_annotation(tmp_path, block_device):
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * 4096)
-    blk = _a_block_device()
+    blk = block_device
     spec = spec_for({"devices": [{"container_path": "/dev/xvda", "host_path": blk, "permissions": "rwm"},
                                  {"container_path": "/dev/xvdb/", "host_path": str(disk), "permissions": "mr"}]})
     assert json.loads(spec["annotations"][gp.ANN_BLOCK_DEVICES]) == [
