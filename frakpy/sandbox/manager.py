@@ -179,7 +179,7 @@ class SandboxManager:
 
             assert running.agent is not None
             net_guest = await self.network.guest_config(sb) if self.network is not None else {}
-            if net_guest and running.extra.get("template"):
+            if net_guest and sb.vm.boot.get("mode") == "template":
                 net_guest["nic_mac"] = TEMPLATE_MAC  # the restored NIC takes the pod's MAC
             await running.agent.setup_sandbox(
                 sb.id,
@@ -283,6 +283,7 @@ class SandboxManager:
         agent answers is re-adopted untouched; any other READY record becomes NOTREADY and
         keeps its resources until StopPodSandbox/RemovePodSandbox release them.
         """
+        self.templates.cleanup()
         for sb in self.records.load_all():
             if sb.state is SandboxState.CREATING:
                 log.info("sandbox %s was being created when frakpyd stopped; undoing it", sb.id[:12])

@@ -217,7 +217,6 @@ async def launch(sb: Sandbox, spec: VMSpec, handler_name: str, handler: HandlerC
         if state_fd >= 0:
             os.close(state_fd)
     templates.restored(t)
-    running.extra["template"] = t.dir.name
     return running
 
 

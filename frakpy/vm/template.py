@@ -37,15 +37,17 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from frakpy.agent.client import AgentClient
 from frakpy.errors import FailedPrecondition, FrakpyError, Unavailable
-from frakpy.vm.qemu import QemuVM
+from frakpy.vm.qemu import QemuVM, is_our_qemu, pid_alive
 from frakpy.vm.spec import VMSpec
 
 FORMAT = 1  # bump when the way templates are made changes
@@ -164,6 +166,44 @@ class TemplateStore:
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (monotonic time, reason)
         self._restore_failures: dict[str, int] = {}  # key -> restores failed in a row
 
+    def cleanup(self) -> list[str]:
+        """Remove what a build interrupted by a crash left (daemon start): its template QEMU, which
+        runs in its own session and would outlive us, its runtime dir, and its half-written files.
+        Builds still running elsewhere (their key's lock is held) are left alone."""
+        removed: list[str] = []
+        for run in sorted((self.run_dir / "templates").glob("*")):
+            with self._unless_building(run.name) as free:
+                if not free:
+                    continue
+                removed += _reap_build_run(run)
+        for work in sorted(self.root.glob(".build-*")):
+            key, _, pid = work.name[len(".build-"):].rpartition("-")
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(work, ignore_errors=True)
+                removed.append(work.name)
+        for item in removed:
+            self.log.info("template build left over by a crash removed: %s", item)
+        return removed
+
+    @contextlib.contextmanager
+    def _unless_building(self, key_prefix: str) -> Iterator[bool]:
+        """Yields False while a build of the key starting with ``key_prefix`` holds its lock."""
+        locks = list(self.root.glob(f".lock-{key_prefix}*"))
+        fds = []
+        try:
+            for lock in locks:
+                fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+            yield True
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def _dir(self, handler: str, key: str) -> Path:
         return self.root / f"{handler}-{key}"
 
@@ -242,7 +282,7 @@ class TemplateStore:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         run_dir = self.run_dir / "templates" / key[:16]
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _reap_build_run(run_dir)
         spec = template_spec(pod_spec, key, run_dir, work)
         vm = QemuVM(spec, self.log)
         agent: AgentClient | None = None
@@ -318,6 +358,21 @@ class TemplateStore:
             removed.append(d.name)
             self.log.info("template %s removed (superseded)", d.name)
         return removed
+
+
+def _reap_build_run(run: Path) -> list[str]:
+    """Kill the template QEMU of an interrupted build (its pidfile in ``run``) and remove ``run``."""
+    killed = []
+    try:
+        pid = int((run / "qemu.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid = 0
+    if pid and is_our_qemu(pid, f"tmpl{run.name}"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        killed.append(f"template QEMU {pid}")
+    shutil.rmtree(run, ignore_errors=True)
+    return killed
 
 
 def template_spec(pod: VMSpec, key: str, run_dir: Path, work: Path) -> VMSpec:

@@ -129,3 +129,29 @@ def test_repeated_restore_failures_stop_rebuilds_for_a_while(pod: VMSpec, tmp_pa
     store.restored(t)
     store.discard(t, "once more")
     assert k not in store._failed  # a success in between resets the count
+
+
+def test_cleanup_removes_what_a_crashed_build_left(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    store = template.TemplateStore(tmp_path / "templates", tmp_path / "run")
+    store.root.mkdir(parents=True)
+    dead = store.root / ".build-aaaa-999999999"  # no such pid
+    dead.mkdir()
+    (dead / "memory").write_bytes(b"x")
+    live = store.root / f".build-bbbb-{os.getpid()}"
+    live.mkdir()
+    stale_run = tmp_path / "run" / "templates" / "cccc"
+    stale_run.mkdir(parents=True)
+    (stale_run / "qemu.pid").write_text("999999999\n")
+    busy_run = tmp_path / "run" / "templates" / "dddd"
+    busy_run.mkdir(parents=True)
+    lock = os.open(store.root / ".lock-dddd0000", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a build of that key is running
+    try:
+        removed = store.cleanup()
+    finally:
+        os.close(lock)
+    assert removed == [".build-aaaa-999999999"]
+    assert not dead.exists() and live.exists() and not stale_run.exists() and busy_run.exists()
