@@ -83,6 +83,8 @@ def bench_mode(mode: str, args: argparse.Namespace) -> dict:
     extra = f"[handlers.frakpy]\ntemplate = {'true' if mode == 'template' else 'false'}\n"
     if args.tb_size:
         extra += f"tb_size_mib = {args.tb_size}\n"
+    # FRAKPY_BENCH_CONFIG: more keys for the handler, e.g. 'qemu_binary = "/path/wrapper"'
+    extra += os.environ.get("FRAKPY_BENCH_CONFIG", "").replace("\\n", "\n") + "\n"
     d = dfx.start(base, dfx.write_config(base, extra, templates_dir=base / "templates"))
     result: dict = {"mode": mode}
     try:

@@ -22,22 +22,23 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frakpy/agent/protocol/ttrpc.proto\x12\x0c\x66rakpy.ttrpc\x1a\x19google/protobuf/any.proto\"{\n\x07Request\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0ctimeout_nano\x18\x04 \x01(\x03\x12(\n\x08metadata\x18\x05 \x03(\x0b\x32\x16.frakpy.ttrpc.KeyValue\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"N\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"A\n\x08Response\x12$\n\x06status\x18\x01 \x01(\x0b\x32\x14.frakpy.ttrpc.Status\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frakpy/agent/protocol/ttrpc.proto\x12\x0c\x66rakpy.ttrpc\"{\n\x07Request\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0ctimeout_nano\x18\x04 \x01(\x03\x12(\n\x08metadata\x18\x05 \x03(\x0b\x32\x16.frakpy.ttrpc.KeyValue\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"N\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.frakpy.ttrpc.Detail\")\n\x06\x44\x65tail\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"A\n\x08Response\x12$\n\x06status\x18\x01 \x01(\x0b\x32\x14.frakpy.ttrpc.Status\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frakpy.agent.protocol.ttrpc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUEST']._serialized_start=78
-  _globals['_REQUEST']._serialized_end=201
-  _globals['_KEYVALUE']._serialized_start=203
-  _globals['_KEYVALUE']._serialized_end=241
-  _globals['_STATUS']._serialized_start=243
-  _globals['_STATUS']._serialized_end=321
-  _globals['_RESPONSE']._serialized_start=323
-  _globals['_RESPONSE']._serialized_end=388
+  _globals['_REQUEST']._serialized_start=51
+  _globals['_REQUEST']._serialized_end=174
+  _globals['_KEYVALUE']._serialized_start=176
+  _globals['_KEYVALUE']._serialized_end=214
+  _globals['_STATUS']._serialized_start=216
+  _globals['_STATUS']._serialized_end=294
+  _globals['_DETAIL']._serialized_start=296
+  _globals['_DETAIL']._serialized_end=337
+  _globals['_RESPONSE']._serialized_start=339
+  _globals['_RESPONSE']._serialized_end=404
 # @@protoc_insertion_point(module_scope)
