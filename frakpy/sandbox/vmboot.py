@@ -186,36 +186,43 @@ async def launch(sb: Sandbox, spec: VMSpec, handler_name: str, handler: HandlerC
     if why:
         log.info("no VM template for %s: cold boot", why)
         return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    pinned = None
+    for attempt in (1, 2):  # a second time when a sibling's failed restore removed it meanwhile
+        try:
+            t = await templates.get(handler_name, spec, handler.boot_timeout_s)
+        except (FrakpyError, OSError) as exc:
+            templates.counters.fallbacks += 1
+            templates.counters.last_fallback = str(exc)
+            log.warning("VM template unavailable, cold boot instead: %s", exc)
+            return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+        try:
+            pinned = t.pin()
+            break
+        except template.TemplateGone as exc:
+            if attempt == 2:
+                templates.counters.fallbacks += 1
+                templates.counters.last_fallback = str(exc)
+                log.warning("VM template %s, cold boot instead: %s", t.dir.name, exc)
+                return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+        except (FrakpyError, OSError) as exc:  # damaged files: rebuild for the next pod
+            templates.counters.fallbacks += 1
+            templates.counters.last_fallback = str(exc)
+            templates.discard(t, str(exc), retry_now=True)
+            log.warning("VM template %s is damaged, cold boot instead: %s", t.dir.name, exc)
+            return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
+    assert pinned is not None
     try:
-        t = await templates.get(handler_name, spec, handler.boot_timeout_s)
+        clone = template.clone_spec(spec, pinned)
+        running = await boot(sb, clone, handler.boot_timeout_s, log,
+                             (*extra_fds, pinned.memory_fd, pinned.state_fd), restoring=t.dir.name)
     except (FrakpyError, OSError) as exc:
         templates.counters.fallbacks += 1
         templates.counters.last_fallback = str(exc)
-        log.warning("VM template unavailable, cold boot instead: %s", exc)
-        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
-    state_fd = -1
-    try:
-        t.check()
-    except (FrakpyError, OSError) as exc:  # damaged files: rebuild for the next pod
-        templates.counters.fallbacks += 1
-        templates.counters.last_fallback = str(exc)
-        templates.discard(t, str(exc), retry_now=True)
-        log.warning("VM template %s is damaged, cold boot instead: %s", t.dir.name, exc)
-        return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
-    try:
-        state_fd = os.open(t.state, os.O_RDONLY)
-        clone = template.clone_spec(spec, t, state_fd)
-        running = await boot(sb, clone, handler.boot_timeout_s, log, (*extra_fds, state_fd),
-                             restoring=t.dir.name)
-    except (FrakpyError, OSError) as exc:
-        templates.counters.fallbacks += 1
-        templates.counters.last_fallback = str(exc)
-        templates.discard(t, f"restore failed: {exc}")
+        templates.discard(t, f"restore failed: {exc}", build=pinned.build)
         log.warning("restoring from VM template %s failed, cold boot instead: %s", t.dir.name, exc)
         return await boot(sb, spec, handler.boot_timeout_s, log, extra_fds)
     finally:
-        if state_fd >= 0:
-            os.close(state_fd)
+        pinned.close()
     templates.restored(t)
     return running
 

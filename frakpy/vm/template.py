@@ -134,17 +134,72 @@ class Template:
     def meta(self) -> dict[str, Any]:
         return dict(json.loads(self.meta_path.read_text()))
 
-    def check(self) -> None:
-        """Cheap integrity check before a restore (sizes as recorded when it was built)."""
-        meta = self.meta()
-        for name in ("memory", "state"):
-            size = (self.dir / name).stat().st_size
-            if size != meta["sizes"][name]:
-                raise FailedPrecondition(f"template {self.dir.name}: {name} is {size} bytes, "
-                                         f"{meta['sizes'][name]} were written")
-        digest = hashlib.sha256(self.state.read_bytes()).hexdigest()
-        if digest != meta["state_sha256"]:
-            raise FailedPrecondition(f"template {self.dir.name}: the saved device state is corrupted")
+    def pin(self) -> Pinned:
+        """Open the template's files for one restore, checking them (sizes as recorded, device
+        state hash). All three are opened through one directory fd, so they come from the same
+        build even if the template is replaced meanwhile; once pinned, a concurrent discard or
+        prune only unlinks names. Raises TemplateGone when the template was removed before it
+        could be opened, FailedPrecondition when its files are damaged."""
+        try:
+            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise TemplateGone(f"template {self.dir.name} was removed") from exc
+        fds: list[int] = []
+        try:
+            try:
+                with open(os.open("meta.json", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as f:
+                    meta = json.loads(f.read())
+                for name in ("memory", "state"):
+                    fds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd))
+            except FileNotFoundError as exc:
+                raise TemplateGone(f"template {self.dir.name} was removed") from exc
+            except ValueError as exc:
+                raise FailedPrecondition(f"template {self.dir.name}: unreadable meta.json: {exc}") from exc
+            for name, fd in zip(("memory", "state"), fds, strict=True):
+                size = os.fstat(fd).st_size
+                if size != meta["sizes"][name]:
+                    raise FailedPrecondition(f"template {self.dir.name}: {name} is {size} bytes, "
+                                             f"{meta['sizes'][name]} were written")
+            h = hashlib.sha256()
+            while chunk := os.read(fds[1], 1 << 20):
+                h.update(chunk)
+            if h.hexdigest() != meta["state_sha256"]:
+                raise FailedPrecondition(f"template {self.dir.name}: the saved device state is corrupted")
+            os.lseek(fds[1], 0, os.SEEK_SET)
+            return Pinned(self, meta["state_sha256"], fds[0], fds[1])
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        finally:
+            os.close(dir_fd)
+
+    def build_id(self) -> str | None:
+        """Which build of the key is published now (None: none is)."""
+        try:
+            return str(self.meta()["state_sha256"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+class TemplateGone(FailedPrecondition):
+    """The template was discarded or replaced between finding and opening it."""
+
+
+@dataclass
+class Pinned:
+    """A template's files held open by one restore (QEMU maps the memory through /proc/self/fd,
+    so it reads this build even if the name is unlinked meanwhile)."""
+
+    template: Template
+    build: str  # the build's state hash: tells two builds of one key apart
+    memory_fd: int
+    state_fd: int
+
+    def close(self) -> None:
+        for fd in (self.memory_fd, self.state_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass
@@ -164,7 +219,7 @@ class TemplateStore:
         self.counters = Counters()
         self._building: dict[str, asyncio.Future[Template]] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (monotonic time, reason)
-        self._restore_failures: dict[str, int] = {}  # key -> restores failed in a row
+        self._restore_failures: dict[str, set[str]] = {}  # key -> builds whose restore failed, in a row
 
     def cleanup(self) -> list[str]:
         """Remove what a build interrupted by a crash left (daemon start): its template QEMU, which
@@ -220,17 +275,27 @@ class TemplateStore:
                 out.append(meta)
         return out
 
-    def discard(self, t: Template, reason: str, *, retry_now: bool = False) -> None:
-        """Remove a template that failed; the next pod rebuilds it. When restores of a freshly
-        rebuilt template fail again, restoring does not work here: pods cold-boot for
-        RETRY_BUILD_S instead of each paying a build and a failed restore."""
-        self.log.warning("template %s discarded: %s", t.dir.name, reason)
-        shutil.rmtree(t.dir, ignore_errors=True)
+    def discard(self, t: Template, reason: str, *, build: str | None = None, retry_now: bool = False) -> None:
+        """Remove a template that failed; the next pod rebuilds it. ``build`` is the build the
+        failure happened with: a failure of a build that is no longer published (a sibling restore
+        already discarded it, or it was rebuilt meanwhile) removes nothing. When restores of two
+        builds in a row fail, restoring does not work here: pods cold-boot for RETRY_BUILD_S
+        instead of each paying a build and a failed restore. Several pods failing with one build
+        count once."""
+        current = t.build_id()
+        if build is None or current == build:
+            if current is not None or t.dir.exists():
+                self.log.warning("template %s discarded: %s", t.dir.name, reason)
+            shutil.rmtree(t.dir, ignore_errors=True)
+        else:
+            self.log.info("template %s: a restore failed with a build already replaced: %s", t.dir.name, reason)
         if retry_now:
             return
-        n = self._restore_failures[t.key] = self._restore_failures.get(t.key, 0) + 1
-        if n >= 2:
-            self._failed[t.key] = (time.monotonic(), f"restore failed {n} times in a row: {reason}"[:300])
+        failed = self._restore_failures.setdefault(t.key, set())
+        failed.add(build or current or reason)
+        if len(failed) >= 2:
+            why = f"restore failed with {len(failed)} builds in a row: {reason}"
+            self._failed[t.key] = (time.monotonic(), why[:300])
 
     def restored(self, t: Template) -> None:
         self.counters.restores += 1
@@ -391,6 +456,8 @@ def template_spec(pod: VMSpec, key: str, run_dir: Path, work: Path) -> VMSpec:
     return spec
 
 
-def clone_spec(pod: VMSpec, t: Template, state_fd: int) -> VMSpec:
-    """The pod's own spec, restoring from ``t``."""
-    return dataclasses.replace(pod, mem_path=t.memory, mem_share=False, incoming_fd=state_fd)
+def clone_spec(pod: VMSpec, p: Pinned) -> VMSpec:
+    """The pod's own spec, restoring from the pinned template ``p`` (QEMU inherits both fds under
+    the same numbers and opens the memory file through its own /proc/self/fd)."""
+    return dataclasses.replace(pod, mem_path=Path(f"/proc/self/fd/{p.memory_fd}"), mem_share=False,
+                               incoming_fd=p.state_fd)

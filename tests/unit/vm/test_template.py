@@ -63,8 +63,9 @@ def test_template_argv_shares_ram_and_has_a_placeholder_nic(pod: VMSpec, tmp_pat
 
 def test_clone_argv_maps_the_template_privately_and_loads_its_state(pod: VMSpec, tmp_path: Path) -> None:
     t = template.Template("frakpy", "k" * 20, tmp_path / "frakpy-kkk")
-    argv = render_argv(template.clone_spec(pod, t, 11))
-    assert f"memory-backend-file,id=ram,size=256M,mem-path={t.memory},share=off" in argv
+    argv = render_argv(template.clone_spec(pod, template.Pinned(t, "b", 12, 11)))
+    # the memory through QEMU's inherited fd: a discard or prune meanwhile unlinks only the name
+    assert "memory-backend-file,id=ram,size=256M,mem-path=/proc/self/fd/12,share=off" in argv
     assert argv[argv.index("-incoming") + 1] == "defer"
     assert "tap,id=net0,fd=5,vhost=off" in argv  # the pod's own tap
     assert "-kernel" not in argv  # a restored guest never boots: no 15 MiB kernel copy in QEMU
@@ -82,21 +83,52 @@ def test_unsupported_variants(pod: VMSpec) -> None:
     assert "vsock" in template.unsupported(dataclasses.replace(pod, transport="vsock"))
 
 
-def test_check_catches_a_corrupted_state(tmp_path: Path) -> None:
-    d = tmp_path / "frakpy-x"
-    d.mkdir()
-    (d / "memory").write_bytes(b"m" * 100)
-    (d / "state").write_bytes(b"s" * 50)
-    meta = {"sizes": {"memory": 100, "state": 50}, "state_sha256": hashlib.sha256(b"s" * 50).hexdigest()}
+def make_template(d: Path, memory: bytes = b"m" * 100, state: bytes = b"s" * 50) -> template.Template:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "memory").write_bytes(memory)
+    (d / "state").write_bytes(state)
+    meta = {"sizes": {"memory": len(memory), "state": len(state)}, "state_sha256": hashlib.sha256(state).hexdigest()}
     (d / "meta.json").write_text(json.dumps(meta))
-    t = template.Template("frakpy", "x", d)
-    t.check()
-    (d / "state").write_bytes(b"s" * 49 + b"t")
+    return template.Template("frakpy", d.name.split("-", 1)[1], d)
+
+
+def test_pin_checks_the_files_and_holds_them_open(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    t = make_template(tmp_path / "frakpy-x")
+    p = t.pin()
+    try:
+        assert p.build == hashlib.sha256(b"s" * 50).hexdigest()
+        shutil.rmtree(t.dir)  # a sibling's discard: the restore still reads this build
+        assert os.pread(p.memory_fd, 4, 0) == b"mmmm" and os.read(p.state_fd, 50) == b"s" * 50
+    finally:
+        p.close()
+    with pytest.raises(template.TemplateGone):
+        t.pin()
+
+
+def test_pin_catches_damaged_files(tmp_path: Path) -> None:
+    t = make_template(tmp_path / "frakpy-x")
+    t.pin().close()
+    (t.dir / "state").write_bytes(b"s" * 49 + b"t")
     with pytest.raises(FailedPrecondition, match="corrupted"):
-        t.check()
-    (d / "memory").write_bytes(b"m" * 99)
+        t.pin()
+    (t.dir / "memory").write_bytes(b"m" * 99)
     with pytest.raises(FailedPrecondition, match="memory is 99 bytes"):
-        t.check()
+        t.pin()
+
+
+def test_a_failure_with_a_replaced_build_keeps_the_new_one(tmp_path: Path) -> None:
+    store = template.TemplateStore(tmp_path, tmp_path / "run")
+    t = make_template(tmp_path / "frakpy-x", state=b"old")
+    old = t.pin()
+    old.close()
+    make_template(t.dir, state=b"new")  # rebuilt after a sibling's failure
+    store.discard(t, "restore failed late", build=old.build)
+    assert t.build_id() == hashlib.sha256(b"new").hexdigest()  # still published
+    store.discard(t, "restore failed", build=t.build_id())
+    assert not t.dir.exists()
 
 
 def test_prune_keeps_the_current_and_recent_templates(tmp_path: Path) -> None:
@@ -118,16 +150,20 @@ def test_repeated_restore_failures_stop_rebuilds_for_a_while(pod: VMSpec, tmp_pa
 
     store = template.TemplateStore(tmp_path / "templates", tmp_path / "run")
     k = key(pod)
-    t = template.Template("frakpy", k, tmp_path / "templates" / f"frakpy-{k}")
-    t.dir.mkdir(parents=True)
-    store.discard(t, "qemu said no")
+    t = make_template(tmp_path / "templates" / f"frakpy-{k}", state=b"build 1")
+    b1 = t.build_id()
+    store.discard(t, "qemu said no", build=b1)
     assert not t.dir.exists() and k not in store._failed  # first failure: the next pod rebuilds
-    store.discard(t, "qemu said no again")
-    with pytest.raises(FailedPrecondition, match="failed to build .*restore failed 2 times"):
+    store.discard(t, "a sibling pod of the same build failed too", build=b1)
+    assert k not in store._failed  # one bad build counts once, however many pods it failed
+    make_template(t.dir, state=b"build 2")
+    store.discard(t, "qemu said no again", build=t.build_id())
+    with pytest.raises(FailedPrecondition, match="failed to build .*restore failed with 2 builds"):
         asyncio.run(store.get("frakpy", pod, 1.0))  # no build attempted: pods cold-boot for a while
     store._failed.clear()
     store.restored(t)
-    store.discard(t, "once more")
+    make_template(t.dir, state=b"build 3")
+    store.discard(t, "once more", build=t.build_id())
     assert k not in store._failed  # a success in between resets the count
 
 
