@@ -187,6 +187,16 @@ def _pod_ips(result: CNIResult, ifname: str) -> list[PodIP]:
 OrphanCache = Mapping[str, str] | Callable[[str], str | None]
 
 
+@dataclass
+class PreparedNetwork:
+    """A pod netns with its tap made (fds open), before the CNI plugins ran."""
+
+    sandbox_id: str
+    netns_name: str
+    netns_path: str
+    tap: tapdev.TapInfo
+
+
 class PodNetwork:
     """Sets up and tears down pod networking. One instance per daemon."""
 
@@ -244,9 +254,26 @@ class PodNetwork:
 
     # -- setup
 
-    async def setup(
+    async def prepare(self, sandbox_id: str) -> PreparedNetwork:
+        """First half of :meth:`setup`: the pod netns and, in it, the tap with its fds open, so
+        that QEMU can start while :meth:`attach` runs the CNI plugins. Leaves nothing behind when
+        it fails; after it succeeds, :meth:`teardown` undoes it (with or without :meth:`attach`)."""
+        name = netns.name_for(sandbox_id)
+        async with contextlib.AsyncExitStack() as stack:
+            path = await netns.create_async(name, self.netns_dir)
+            stack.push_async_callback(_undo, "delete netns", lambda: netns.delete_async(name, self.netns_dir))
+            stack.push_async_callback(
+                _undo, "tap teardown", lambda: tapdev.teardown(path, self.ifname, self.tap_name)
+            )
+            tap = await tapdev.create(path, self.ifname, self.tap_name, multiqueue=self.multiqueue,
+                                      queues=self.queues)
+            stack.pop_all()
+            return PreparedNetwork(sandbox_id, name, path, tap)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def attach(
         self,
-        sandbox_id: str,
+        prepared: PreparedNetwork,
         pod_name: str,
         namespace: str,
         uid: str,
@@ -255,16 +282,12 @@ class PodNetwork:
         *,
         bandwidth: Mapping[str, int] | None = None,
     ) -> PodNetworkInfo:
-        """Create the pod netns, run loopback + the CNI chain in it, splice a tap to eth0.
-
-        Raises FailedPrecondition when no usable network config exists, CNIError (UNAVAILABLE)
-        when a plugin fails; in every failure case all partial work has been undone."""
+        """Second half of :meth:`setup`: loopback + the CNI chain in the prepared netns, then the
+        tap spliced to eth0. On failure it undoes its own steps (CNI DEL, loopback, state); the
+        netns and tap stay for the caller's :meth:`teardown`."""
         net = self.cni.load()
-        name = netns.name_for(sandbox_id)
+        sandbox_id, name, path, tap = prepared.sandbox_id, prepared.netns_name, prepared.netns_path, prepared.tap
         async with contextlib.AsyncExitStack() as stack:
-            path = await netns.create_async(name, self.netns_dir)
-            stack.push_async_callback(_undo, "delete netns", lambda: netns.delete_async(name, self.netns_dir))
-
             rt = RuntimeConf(
                 container_id=sandbox_id,
                 netns=path,
@@ -285,13 +308,7 @@ class PodNetwork:
             attachment.result = result
             self._write_state(name, attachment)
 
-            stack.push_async_callback(
-                _undo, "tap teardown", lambda: tapdev.teardown(path, self.ifname, self.tap_name)
-            )
-            tapinfo = await tapdev.setup(
-                path, self.ifname, self.tap_name, multiqueue=self.multiqueue, queues=self.queues
-            )
-            stack.callback(tapinfo.close)
+            await tapdev.splice(tap)
 
             addresses, routes, neighbors = await netns.run_in_async(
                 path, lambda: _read_guest_nic(self.ifname)
@@ -303,9 +320,9 @@ class PodNetwork:
                 netns_path=path,
                 cni_cache_json=attachment.to_json(),
                 result=parsed,
-                tap=tapinfo,
-                mac=tapinfo.mac,
-                mtu=tapinfo.mtu,
+                tap=tap,
+                mac=tap.mac,
+                mtu=tap.mtu,
                 ips=_pod_ips(parsed, self.ifname),
                 routes=routes,
                 neighbors=neighbors,
@@ -314,6 +331,38 @@ class PodNetwork:
             stack.pop_all()
             return info
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def setup(
+        self,
+        sandbox_id: str,
+        pod_name: str,
+        namespace: str,
+        uid: str,
+        port_mappings: Sequence[PortMapping] = (),
+        dns: DNSConfig | None = None,
+        *,
+        bandwidth: Mapping[str, int] | None = None,
+    ) -> PodNetworkInfo:
+        """Create the pod netns, run loopback + the CNI chain in it, splice a tap to eth0
+        (:meth:`prepare` then :meth:`attach`).
+
+        Raises FailedPrecondition when no usable network config exists, CNIError (UNAVAILABLE)
+        when a plugin fails; in every failure case all partial work has been undone."""
+        self.cni.load()  # no usable config: fail before making anything
+        prepared = await self.prepare(sandbox_id)
+        try:
+            return await self.attach(prepared, pod_name, namespace, uid, port_mappings, dns, bandwidth=bandwidth)
+        except BaseException:
+            await self.discard(prepared)
+            raise
+
+    async def discard(self, prepared: PreparedNetwork) -> None:
+        """Undo :meth:`prepare` when :meth:`attach` failed (it unwound its CNI steps itself) or
+        never ran: the tap and the netns, no CNI DEL."""
+        prepared.tap.close()
+        await _undo("tap teardown", lambda: tapdev.teardown(prepared.netns_path, self.ifname, self.tap_name))
+        await _undo("delete netns", lambda: netns.delete_async(prepared.netns_name, self.netns_dir))
+        self._remove_state(prepared.netns_name)
 
     # -- teardown
 

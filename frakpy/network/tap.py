@@ -62,7 +62,7 @@ class TapInfo:
 
     name: str
     ifindex: int
-    mac: str  # eth0's MAC: give it to the guest NIC (virtio-net ``mac=``)
+    mac: str  # eth0's MAC, known once spliced: give it to the guest NIC
     mtu: int
     netns: str
     peer: str = "eth0"
@@ -172,43 +172,84 @@ def _disable_ipv6(ifname: str) -> None:
         pass
 
 
-def _setup_in_netns(
-    netns_path: str, peer: str, tap_name: str, multiqueue: bool, queues: int, vnet_hdr: bool, owner: int
-) -> TapInfo:
+def _create_in_netns(netns_path: str, peer: str, tap_name: str, multiqueue: bool, queues: int,
+                     vnet_hdr: bool, owner: int) -> TapInfo:
     from pyroute2 import IPRoute
 
-    flags = _tun_flags(multiqueue, vnet_hdr)
+    _make_persistent_tap(tap_name, _tun_flags(multiqueue, vnet_hdr), owner)
     with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=peer)
+        tap_index = ipr.link_lookup(ifname=tap_name)[0]
+        _disable_ipv6(tap_name)
+        ipr.link("set", index=tap_index, state="up")
+    fds = open_tap_fds(tap_name, queues, multiqueue, vnet_hdr)
+    return TapInfo(name=tap_name, ifindex=tap_index, mac="", mtu=0, netns=netns_path, peer=peer,
+                   vnet_hdr=vnet_hdr, fds=fds)
+
+
+def _splice_in_netns(tap: TapInfo) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=tap.peer)
         if not found:
             raise NotFound(
-                f"interface {peer} not found in {netns_path}; the CNI plugins did not create it "
+                f"interface {tap.peer} not found in {tap.netns}; the CNI plugins did not create it "
                 "(check the network config's plugin chain)"
             )
         eth_index = found[0]
         eth = ipr.get_links(eth_index)[0]
         mtu = int(eth.get("mtu"))
         mac = str(eth.get("address"))
-        _make_persistent_tap(tap_name, flags, owner)
-        tap_index = ipr.link_lookup(ifname=tap_name)[0]
-        _disable_ipv6(tap_name)
-        ipr.link("set", index=tap_index, mtu=mtu)
-        ipr.link("set", index=tap_index, state="up")
+        ipr.link("set", index=tap.ifindex, mtu=mtu)
         _ingress(ipr, eth_index)
-        _ingress(ipr, tap_index)
-        _redirect(ipr, eth_index, tap_index)
-        _redirect(ipr, tap_index, eth_index)
-        fds = open_tap_fds(tap_name, queues, multiqueue, vnet_hdr)
-        return TapInfo(
-            name=tap_name,
-            ifindex=tap_index,
-            mac=mac,
-            mtu=mtu,
-            netns=netns_path,
-            peer=peer,
-            vnet_hdr=vnet_hdr,
-            fds=fds,
-        )
+        _ingress(ipr, tap.ifindex)
+        _redirect(ipr, eth_index, tap.ifindex)
+        _redirect(ipr, tap.ifindex, eth_index)
+    tap.mac, tap.mtu = mac, mtu
+
+
+async def _in_netns(netns_path: str, tap_name: str, peer: str, fn):  # type: ignore[no-untyped-def]
+    try:
+        return await netns.run_in_async(netns_path, fn)
+    except OSError as exc:
+        raise FailedPrecondition(
+            f"cannot set up tap {tap_name} in {netns_path}: {exc} (needs root, /dev/net/tun, and the "
+            "kernel's sch_ingress, cls_u32 and act_mirred)"
+        ) from exc
+    except Exception as exc:
+        if type(exc).__name__ == "NetlinkError":
+            raise FailedPrecondition(
+                f"cannot set up tc redirect between {peer} and {tap_name} in {netns_path}: {exc} "
+                "(the kernel needs sch_ingress, cls_u32 and act_mirred)"
+            ) from exc
+        raise
+
+
+async def create(
+    netns_path: str,
+    peer: str = "eth0",
+    tap_name: str = TAP_NAME,
+    *,
+    multiqueue: bool = False,
+    queues: int = 1,
+    vnet_hdr: bool = True,
+    owner: int = 0,
+) -> TapInfo:
+    """Create the tap in the pod netns (up, no IPv6 of its own) and open its fds for QEMU. It is
+    not joined to ``peer`` yet (:func:`splice`), so it can be made before the CNI plugins run and
+    QEMU can start meanwhile; ``mac``/``mtu`` are filled in by :func:`splice`."""
+    if queues < 1 or (queues > 1 and not multiqueue):
+        raise InvalidArgument(f"tap queues={queues} needs multiqueue=True when above 1")
+    info: TapInfo = await _in_netns(
+        netns_path, tap_name, peer,
+        lambda: _create_in_netns(netns_path, peer, tap_name, multiqueue, queues, vnet_hdr, owner))
+    return info
+
+
+async def splice(tap: TapInfo) -> None:
+    """Join the tap to its peer (eth0, once the CNI plugins made it) with the two tc redirects,
+    give it the peer's MTU, and record the peer's MAC (the guest NIC must carry it)."""
+    await _in_netns(tap.netns, tap.name, tap.peer, lambda: _splice_in_netns(tap))
 
 
 async def setup(
@@ -222,25 +263,14 @@ async def setup(
     owner: int = 0,
 ) -> TapInfo:
     """Create the tap in the pod netns, splice it to ``peer`` and return open fds for QEMU."""
-    if queues < 1 or (queues > 1 and not multiqueue):
-        raise InvalidArgument(f"tap queues={queues} needs multiqueue=True when above 1")
+    tap = await create(netns_path, peer, tap_name, multiqueue=multiqueue, queues=queues,
+                       vnet_hdr=vnet_hdr, owner=owner)
     try:
-        return await netns.run_in_async(
-            netns_path,
-            lambda: _setup_in_netns(netns_path, peer, tap_name, multiqueue, queues, vnet_hdr, owner),
-        )
-    except OSError as exc:
-        raise FailedPrecondition(
-            f"cannot set up tap {tap_name} in {netns_path}: {exc} (needs root, /dev/net/tun, and the "
-            "kernel's sch_ingress, cls_u32 and act_mirred)"
-        ) from exc
-    except Exception as exc:
-        if type(exc).__name__ == "NetlinkError":
-            raise FailedPrecondition(
-                f"cannot set up tc redirect between {peer} and {tap_name} in {netns_path}: {exc} "
-                "(the kernel needs sch_ingress, cls_u32 and act_mirred)"
-            ) from exc
+        await splice(tap)
+    except BaseException:
+        tap.close()
         raise
+    return tap
 
 
 def _teardown_in_netns(peer: str, tap_name: str) -> None:

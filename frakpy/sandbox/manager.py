@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from frakpy.config import Config
 from frakpy.errors import FrakpyError, InvalidArgument, Unavailable
@@ -31,6 +31,7 @@ from frakpy.store.index import IdIndex, NameIndex
 from frakpy.store.records import SandboxRecords
 from frakpy.vm.template import TEMPLATE_MAC, TemplateStore
 
+T = TypeVar("T")
 log = logging.getLogger("frakpy.sandbox")
 
 NAMESPACE_NODE = 2  # CRI NamespaceMode.NODE: the host's namespace
@@ -64,8 +65,12 @@ class RunRequest:
 class PodNetworkPort(Protocol):
     """What the sandbox manager needs from pod networking (frakpy.network.pod)."""
 
-    async def setup(self, sb: Sandbox, req: RunRequest) -> tuple[dict[str, Any], tuple[int, ...], dict[str, Any]]:
-        """Returns (record for sb.network, fds QEMU inherits, VMSpec overrides such as tap_fd/mac)."""
+    async def prepare(self, sb: Sandbox) -> tuple[tuple[int, ...], dict[str, Any]]:
+        """The pod's netns and tap: (fds QEMU inherits, VMSpec overrides such as tap_fd)."""
+        ...
+
+    async def attach(self, sb: Sandbox, req: RunRequest) -> dict[str, Any]:
+        """The CNI plugins for a prepared pod (runs while its VM starts): the record for sb.network."""
         ...
 
     async def guest_config(self, sb: Sandbox) -> dict[str, Any]: ...
@@ -160,14 +165,19 @@ class SandboxManager:
 
             fds: tuple[int, ...] = ()
             t_start = time.monotonic()
+            cni: asyncio.Future[dict[str, Any]] | None = None
+            cni_took: list[float] = []
             if self.network is not None:
-                net_record, fds, overrides = await self.network.setup(sb, req)
-                sb.network = net_record
+                fds, overrides = await self.network.prepare(sb)
+                sb.network = {"prepared": True}  # a crash from here on tears the netns down in recover()
                 undo.push_async_callback(self.network.teardown, sb)
                 for key, value in overrides.items():
                     setattr(spec, key, value)
+                spec.mac = TEMPLATE_MAC  # eth0's MAC is known after CNI ADD; the agent gives it to the NIC
                 self.records.save(sb)
-                await _failpoint("after-cni-add")
+                # The CNI plugins run while the VM boots or restores (it needs only the tap).
+                cni = asyncio.ensure_future(_timed(self.network.attach(sb, req), cni_took))
+                undo.push_async_callback(_settle, cni)  # never tear down under a running CNI ADD
 
             t_net = time.monotonic()
             fds = (*fds, share_fd[0])
@@ -176,11 +186,16 @@ class SandboxManager:
             t_vm = time.monotonic()
             undo.push_async_callback(running.vm.kill)
             undo.push_async_callback(running.close)
+            if cni is not None:
+                sb.network = await cni
+                self.records.save(sb)
+                await _failpoint("after-cni-add")
+            t_cni = time.monotonic()
 
             assert running.agent is not None
             net_guest = await self.network.guest_config(sb) if self.network is not None else {}
-            if net_guest and sb.vm.boot.get("mode") == "template":
-                net_guest["nic_mac"] = TEMPLATE_MAC  # the restored NIC takes the pod's MAC
+            if net_guest:
+                net_guest["nic_mac"] = TEMPLATE_MAC  # the NIC takes the pod's MAC from the agent
             await running.agent.setup_sandbox(
                 sb.id,
                 hostname=sb.hostname,
@@ -194,8 +209,9 @@ class SandboxManager:
                 await running.agent.setup_network(net_guest, hostname=sb.hostname,
                                                   pod_ips=list(sb.network.get("ips", [])))
             t_done = time.monotonic()
-            sb.vm.boot.update(cni_setup_s=round(t_net - t_start, 3), vm_s=round(t_vm - t_net, 3),
-                              setup_sandbox_s=round(t_setup - t_vm, 3),
+            sb.vm.boot.update(net_prepare_s=round(t_net - t_start, 3), vm_s=round(t_vm - t_net, 3),
+                              cni_setup_s=round(cni_took[0], 3) if cni_took else 0.0,
+                              cni_wait_s=round(t_cni - t_vm, 3), setup_sandbox_s=round(t_setup - t_cni, 3),
                               setup_network_s=round(t_done - t_setup, 3), run_total_s=round(t_done - t_start, 3))
             sb.transition(SandboxState.READY)
             self.records.save(sb)
@@ -393,3 +409,21 @@ async def _kill_stray(sb: Sandbox) -> None:
             stray = int(pidfile.read_text().strip())
             if is_our_qemu(stray, sb.id):
                 os.kill(stray, 9)
+
+
+async def _timed(aw: Awaitable[T], took: list[float]) -> T:
+    t0 = time.monotonic()
+    try:
+        return await aw
+    finally:
+        took.append(time.monotonic() - t0)
+
+
+async def _settle(fut: asyncio.Future[Any]) -> None:
+    """Wait for a background step to end before undoing it (its own error, if any, is not the one
+    to report: the failure that started the undo is). Bounded by the step's own timeout."""
+    while not fut.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(fut)
+    if not fut.cancelled():
+        fut.exception()  # mark it retrieved
