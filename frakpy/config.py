@@ -114,6 +114,8 @@ class HandlerConfig:
     disable_thp: bool = _f(True, "Disable transparent huge pages for QEMU (saves ~8 MiB per idle VM).")
     template: bool = _f(True, "Start pods by restoring a saved VM of this handler (a VM template) instead of "
                               "booting; false gives every pod an independent boot (own kernel address layout).")
+    free_page_reporting: bool = _f(True, "Give memory the guest frees back to the host (virtio-balloon free page "
+                                         "reporting); handlers without templates only (see docs/architecture.md).")
 
 
 @dataclass

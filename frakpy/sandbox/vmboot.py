@@ -72,6 +72,7 @@ def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path)
         transport=choose_transport(handler.agent_transport),
         seccomp=handler.seccomp,
         qemu_binary=handler.qemu_binary,
+        free_page_reporting=handler.free_page_reporting and not handler.template,
     )
     return spec, choice
 

@@ -81,6 +81,33 @@ def test_unsupported_variants(pod: VMSpec) -> None:
     assert template.unsupported(pod) == ""
     assert "multi-queue" in template.unsupported(dataclasses.replace(pod, tap_fds=[5, 6]))
     assert "vsock" in template.unsupported(dataclasses.replace(pod, transport="vsock"))
+    # a reported free page of a clone would be punched out of the template file every clone maps
+    assert "free page reporting" in template.unsupported(dataclasses.replace(pod, free_page_reporting=True))
+
+
+def test_free_page_reporting_argv(pod: VMSpec) -> None:
+    argv = render_argv(dataclasses.replace(pod, free_page_reporting=True))
+    assert "virtio-balloon-device,free-page-reporting=on" in argv
+    assert "page_reporting.page_reporting_order=0" in argv[argv.index("-append") + 1]
+    q35 = render_argv(dataclasses.replace(pod, free_page_reporting=True, machine="q35"))
+    assert "virtio-balloon-pci,free-page-reporting=on" in q35
+    assert not any("balloon" in a for a in render_argv(pod))
+
+
+def test_handlers_with_templates_get_no_balloon(tmp_path: Path) -> None:
+    from frakpy.config import Config, HandlerConfig
+    from frakpy.sandbox.vmboot import handler_spec
+
+    cfg = Config()
+    guest = tmp_path / "guest"
+    guest.mkdir()
+    (guest / "vmlinux").write_bytes(b"k")
+    (guest / "rootfs.erofs").write_bytes(b"r")
+    common = {"kernel": str(guest / "vmlinux"), "rootfs": str(guest / "rootfs.erofs"), "accelerator": "tcg"}
+    with_t, _ = handler_spec(cfg, HandlerConfig(template=True, **common), "x", tmp_path)
+    without, _ = handler_spec(cfg, HandlerConfig(template=False, **common), "x", tmp_path)
+    off, _ = handler_spec(cfg, HandlerConfig(template=False, free_page_reporting=False, **common), "x", tmp_path)
+    assert (with_t.free_page_reporting, without.free_page_reporting, off.free_page_reporting) == (False, True, False)
 
 
 def make_template(d: Path, memory: bytes = b"m" * 100, state: bytes = b"s" * 50) -> template.Template:
