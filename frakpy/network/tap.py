@@ -252,27 +252,6 @@ async def splice(tap: TapInfo) -> None:
     await _in_netns(tap.netns, tap.name, tap.peer, lambda: _splice_in_netns(tap))
 
 
-async def setup(
-    netns_path: str,
-    peer: str = "eth0",
-    tap_name: str = TAP_NAME,
-    *,
-    multiqueue: bool = False,
-    queues: int = 1,
-    vnet_hdr: bool = True,
-    owner: int = 0,
-) -> TapInfo:
-    """Create the tap in the pod netns, splice it to ``peer`` and return open fds for QEMU."""
-    tap = await create(netns_path, peer, tap_name, multiqueue=multiqueue, queues=queues,
-                       vnet_hdr=vnet_hdr, owner=owner)
-    try:
-        await splice(tap)
-    except BaseException:
-        tap.close()
-        raise
-    return tap
-
-
 def _teardown_in_netns(peer: str, tap_name: str) -> None:
     from pyroute2 import IPRoute
 
