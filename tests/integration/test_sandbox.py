@@ -102,6 +102,11 @@ def test_run_status_list_stop_remove(daemon):
         assert vm["accelerator"] in {"tcg", "kvm"} and vm["transport"] in {"serial", "vsock"}
         assert vm["pid"] in qemu_pids()
         assert vm["boot"]["total_s"] > 0
+        if vm["boot"]["mode"] == "cold":  # the boot breakdown on the kernel's own clock
+            b = vm["boot"]
+            assert 0 < b["kernel_to_init_s"] < b["kernel_to_agent_start_s"] < b["kernel_to_agent_ready_s"], b
+            assert b["guest_clock_lag_s"] >= 0, b
+            assert b["qemu_to_kernel_s"] + b["kernel_to_agent_ready_s"] <= b["total_s"] + 0.05, b
         run_dir = Path(vm["run_dir"])
         assert (run_dir / "qemu.argv").read_text().startswith("qemu-system-x86_64\n")
 

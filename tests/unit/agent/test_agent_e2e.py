@@ -240,3 +240,28 @@ def test_reaper_dispatches_exit_codes_and_keeps_unclaimed() -> None:
     assert got == {watched: 3}
     reaper.watch(early, lambda code: got.__setitem__(early, code))  # exited before anyone asked
     assert got[early] == 7
+
+
+def test_kmsg_record_parsing() -> None:
+    from frakpy_guest.services.info import parse_kmsg
+
+    assert parse_kmsg(b"6,312,567012,-;Run /init as init process\n") == (567_012_000, b"Run /init as init process")
+    assert parse_kmsg(b"7,400,2034567,-,caller=T1;frakpy-agent: clock probe\n SUBSYSTEM=x\n") == (
+        2_034_567_000, b"frakpy-agent: clock probe")
+
+
+def test_kernel_clock_without_kmsg_is_unknown(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from frakpy_guest.services.info import kernel_clock
+
+    assert kernel_clock(str(tmp_path / "no-kmsg")) == (0, 0)
+
+
+def test_clock_from_log_reads_the_lag_and_init() -> None:
+    from frakpy_guest.services.info import clock_from_log
+
+    records = [b"6,1,0,-;Linux version 6.1\n",
+               b"6,129,493138,-;sched_clock: Marking stable (460178407, 24438396)->(786526434, -301909631)\n",
+               b"6,140,567281,-;Run /init as init process\n"]
+    assert clock_from_log(records) == (786526434 - 460178407, 567_281_000)
+    assert clock_from_log(records[2:]) == (0, 567_281_000)  # no such line (e.g. KVM): no correction
+    assert clock_from_log([b"garbage"]) == (0, 0)
