@@ -200,7 +200,9 @@ class PortListener:
         if self.use_sigio:
             try:
                 fcntl.fcntl(self.fd, fcntl.F_SETOWN, os.getpid())
-                loop.add_signal_handler(signal.SIGIO, self._wake.set)
+                from frakpy_guest.init import on_signal
+
+                on_signal(loop, signal.SIGIO, self._wake.set)
             except (OSError, RuntimeError, ValueError) as exc:
                 log.warning("SIGIO unavailable: %s (falling back to slow probing)", exc)
                 self.use_sigio = False

@@ -89,6 +89,18 @@ def test_agent_start_leaves_deferred_modules_unexecuted(tmp_path: Path) -> None:
         from frakpy_guest import server
         from frakpy.agent.protocol import agent_pb2
         agent_pb2.HealthResponse.FromString(agent_pb2.HealthResponse().SerializeToString())
+
+        async def serve_briefly():  # what server.run does first: signal handlers, the loop
+            import os, signal
+            from frakpy_guest import init
+            loop = asyncio.get_running_loop()
+            init.Reaper().install(loop)
+            got = asyncio.Event()
+            init.on_signal(loop, signal.SIGUSR1, got.set)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await asyncio.wait_for(got.wait(), 5)
+
+        asyncio.run(serve_briefly())
         print("executed:", sorted(n for n in DEFERRED if lazyimport.loaded(n)))
     """, tmp_path)
     assert out.strip() == "executed: []"
