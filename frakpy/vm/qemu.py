@@ -37,6 +37,19 @@ _env = jinja2.Environment(
 PR_SET_THP_DISABLE = 41
 
 
+# glibc malloc for QEMU: one arena (its vCPU thread would otherwise keep a second heap of ~3 MiB
+# per VM) and freed memory returned sooner. Measured on idle template clones: ~0.5 MiB less PSS.
+QEMU_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=65536:"
+                        "glibc.malloc.mmap_threshold=65536:glibc.malloc.top_pad=0")
+
+
+def qemu_env() -> dict[str, str]:
+    env = dict(os.environ)
+    theirs = env.get("GLIBC_TUNABLES")
+    env["GLIBC_TUNABLES"] = f"{QEMU_MALLOC_TUNABLES}:{theirs}" if theirs else QEMU_MALLOC_TUNABLES
+    return env
+
+
 def disable_thp_for_children() -> None:
     """Turn off transparent huge pages for this process and everything it spawns.
 
@@ -117,6 +130,7 @@ class QemuVM:
                 self.spawned_at = time.monotonic()
                 self._popen = subprocess.Popen(  # noqa: ASYNC220
                     argv,
+                    env=qemu_env(),
                     stdin=subprocess.DEVNULL,
                     stdout=errf,
                     stderr=errf,

@@ -68,7 +68,7 @@ async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, syste
     state = AgentState(system, start_uptime_ns=start_uptime_ns, reaper=reaper)
     server = build_server(state)
     if pid1 and template_boot():
-        warm_up()
+        warm_up(system)
 
     tasks = []
     path = port_path or find_agent_port()
@@ -106,12 +106,23 @@ def template_boot() -> bool:
     return cmdline_flag("frakpy.template=1")
 
 
-def warm_up() -> None:
-    """Pay, once in the template, the imports every pod would otherwise pay after its restore:
-    the modules SetupNetwork and the container services load lazily."""
+def warm_up(system=None) -> None:  # type: ignore[no-untyped-def]
+    """Do once, in the template, what every pod would otherwise do after its restore: import the
+    modules SetupNetwork and the container services load lazily, and bind the writable copies of
+    /etc/hosts and /etc/resolv.conf over the read-only image (a clone's SetupSandbox then only
+    writes them: no mount(2) through ctypes, code a restored VM would translate afresh)."""
     t0 = time.monotonic()
     try:
         from frakpy_guest import bundle, crun, iobuf, netconf, procs, rtnl, users  # noqa: F401
+
+        if system is not None:
+            for name in ("hosts", "resolv.conf"):
+                try:
+                    with open(f"/etc/{name}") as f:
+                        content = f.read()
+                except FileNotFoundError:
+                    continue
+                system.write_etc_file(name, content)
     except Exception as exc:  # a warm-up failure must never stop the agent
         log.warning("template warm-up incomplete: %s", exc)
     gc.collect()  # the template is saved with no garbage for its clones to collect (and copy)

@@ -209,7 +209,7 @@ class PortListener:
         while True:
             first = await self._wait_for_host()
             self.sessions += 1
-            log.info("host connected to the agent port (session %d)", self.sessions)
+            log.debug("host connected to the agent port (session %d)", self.sessions)
             reader = asyncio.StreamReader()
             protocol = asyncio.StreamReaderProtocol(reader)
             transport = PortTransport(loop, self.fd, protocol)

@@ -127,7 +127,7 @@ class SetupSandbox:
             except OSError as exc:
                 raise _os_error(what, exc) from exc
         state.sandbox_id = req.sandbox_id
-        log.info("sandbox %s set up (clock %s, %d entropy bits)", req.sandbox_id,
+        log.debug("sandbox %s set up (clock %s, %d entropy bits)", req.sandbox_id,
                  "set" if resp.clock_set else "kept", resp.entropy_bits_credited)
         return resp
 
