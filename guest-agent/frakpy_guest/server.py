@@ -108,12 +108,18 @@ def template_boot() -> bool:
 
 def warm_up(system=None) -> None:  # type: ignore[no-untyped-def]
     """Do once, in the template, what every pod would otherwise do after its restore: import the
-    modules SetupNetwork and the container services load lazily, and bind the writable copies of
+    modules the lazily loaded handlers (SetupNetwork, the container services) need, and bind the writable copies of
     /etc/hosts and /etc/resolv.conf over the read-only image (a clone's SetupSandbox then only
     writes them: no mount(2) through ctypes, code a restored VM would translate afresh)."""
     t0 = time.monotonic()
     try:
-        from frakpy_guest import bundle, crun, iobuf, netconf, procs, rtnl, users  # noqa: F401
+        import importlib
+
+        from frakpy_guest import bundle, crun, iobuf, netconf, procs, rtnl, runtime, users  # noqa: F401
+        from frakpy_guest.services import LAZY_METHODS
+
+        for module in sorted({m for m, *_ in LAZY_METHODS.values()}):  # the handlers' own modules
+            importlib.import_module(f"frakpy_guest.services.{module}")
 
         if system is not None:
             for name in ("hosts", "resolv.conf"):
