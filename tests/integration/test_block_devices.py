@@ -67,6 +67,13 @@ def vm_disks(c, watcher: str) -> list[str]:
     return sorted(out(c, watcher, "ls /sys/block | grep '^sd' || true").split())
 
 
+def watched_pod(c, name: str, work: Path, image: str) -> tuple[str, pb.PodSandboxConfig, str, list[str]]:
+    """A pod with a plain container that lists the VM's disks, and the disks it starts with."""
+    pod_id, sb_cfg = run_pod(c, name, work)
+    watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
+    return pod_id, sb_cfg, watcher, vm_disks(c, watcher)
+
+
 def host_read(path: str, offset: int, n: int) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -83,9 +90,7 @@ def test_block_device_read_write_and_detach(env, loopdev):
     d, image, work, base = env
     dev, backing = loopdev
     with d.client(timeout=120) as c:
-        pod_id, sb_cfg = run_pod(c, "blk", work)
-        watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
-        before = vm_disks(c, watcher)
+        pod_id, sb_cfg, watcher, before = watched_pod(c, "blk", work, image)
 
         t0 = time.monotonic()
         cid = started(c, pod_id, sb_cfg, with_device(container_config("rw", image, SLEEP), dev))
@@ -119,9 +124,7 @@ def test_refused_devices_leave_nothing_behind(env, loopdev):
     d, image, work, base = env
     dev, _ = loopdev
     with d.client(timeout=120) as c:
-        pod_id, sb_cfg = run_pod(c, "blkbad", work)
-        watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
-        before = vm_disks(c, watcher)
+        pod_id, sb_cfg, watcher, before = watched_pod(c, "blkbad", work, image)
         missing = str(work / "no-such-disk")
         cases = [
             (missing, "rwm", f"device /dev/xvdc: host path {missing} is not usable"),
@@ -166,9 +169,7 @@ def test_containers_of_a_pod_share_one_disk_per_device(env, loopdev):
     d, image, work, base = env
     dev, _ = loopdev
     with d.client(timeout=120) as c:
-        pod_id, sb_cfg = run_pod(c, "blkshare", work)
-        watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
-        before = vm_disks(c, watcher)
+        pod_id, sb_cfg, watcher, before = watched_pod(c, "blkshare", work, image)
         # the same device twice in one container and once in another: one disk in the VM
         a = started(c, pod_id, sb_cfg, with_device(with_device(container_config("a", image, SLEEP), dev), dev,
                                                    "/dev/xvdc"))
@@ -191,9 +192,7 @@ def test_remove_after_daemon_restart_detaches(env, loopdev):
     d, image, work, base = env
     dev, _ = loopdev
     with d.client(timeout=120) as c:
-        pod_id, sb_cfg = run_pod(c, "blkrestart", work)
-        watcher = started(c, pod_id, sb_cfg, container_config("watch", image, SLEEP))
-        before = vm_disks(c, watcher)
+        pod_id, sb_cfg, watcher, before = watched_pod(c, "blkrestart", work, image)
         cid = started(c, pod_id, sb_cfg, with_device(container_config("rw", image, SLEEP), dev))
         assert len(vm_disks(c, watcher)) == len(before) + 1
     dfx.stop(d, signal.SIGKILL)

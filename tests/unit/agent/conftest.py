@@ -24,6 +24,6 @@ async def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def client(agent: FakeAgent):  # type: ignore[no-untyped-def]
-    c = await AgentClient.connect(agent.uri, timeout=5)
+    c = await AgentClient.connect(agent.uri, timeout=10)  # containers (crun) may take a while
     yield c
     await c.close()

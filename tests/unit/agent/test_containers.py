@@ -22,13 +22,6 @@ async def agent(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield fake
 
 
-@pytest.fixture
-async def client(agent: FakeAgent):  # type: ignore[no-untyped-def]
-    c = await AgentClient.connect(agent.uri, timeout=10)
-    yield c
-    await c.close()
-
-
 def fake_disk(agent: FakeAgent, name: str, serial: str) -> None:
     dev = agent.root / "sys" / "block" / name / "device"
     dev.mkdir(parents=True, exist_ok=True)
