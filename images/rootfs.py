@@ -56,6 +56,7 @@ FSTYPES = ("erofs", "erofs-lz4hc", "ext4")
 DEFAULT_FSTYPE = "erofs"              # see images/README.md for the measurement behind it
 FIXED_UUID = "6672616b-7079-4775-6573-74726f6f7466"   # deterministic images
 EPOCH = 0
+DAX_ALIGN = 2 << 20                   # the image is padded to this (see pad_to)
 
 # /init when guest-agent/init does not exist (that file, when present, is used instead)
 INIT_SCRIPT = """\
@@ -558,7 +559,12 @@ def make_image(root: Path, dest: Path, fstype: str) -> None:
         argv = ["mkfs.erofs", "-x-1", f"-T{EPOCH}", f"-U{FIXED_UUID}", "--all-root"]
         if fstype == "erofs-lz4hc":
             argv.append("-zlz4hc")
+        else:
+            # no tail packing: EROFS reads a file in place (DAX) only when all its blocks are
+            # plain blocks; an inline tail would put every file in the guest's page cache
+            argv.append("-Enoinline_data")
         run([*argv, dest, root], env=env, stdout=subprocess.DEVNULL)
+        pad_to(dest, DAX_ALIGN)
     elif fstype == "ext4":
         used, files = tree_size(root)
         size_mb = int(used * 1.35 / 1e6) + 16
@@ -567,6 +573,13 @@ def make_image(root: Path, dest: Path, fstype: str) -> None:
              "-L", "frakpy-root", "-m", "0", "-T", "default", dest, f"{size_mb}M"], env=env)
     else:
         raise SystemExit(f"unknown fstype {fstype}")
+
+
+def pad_to(path: Path, align: int) -> None:
+    """Grow ``path`` with zeros to a multiple of ``align``: the guest maps the image as
+    persistent memory, which Linux manages in 2 MiB sections (EROFS ignores the tail)."""
+    size = path.stat().st_size
+    os.truncate(path, -(-size // align) * align)
 
 
 def suffix(fstype: str) -> str:
