@@ -114,6 +114,11 @@ class HandlerConfig:
     disable_thp: bool = _f(True, "Disable transparent huge pages for QEMU (saves ~8 MiB per idle VM).")
     template: bool = _f(True, "Start pods by restoring a saved VM of this handler (a VM template) instead of "
                               "booting; false gives every pod an independent boot (own kernel address layout).")
+    root_dax: bool = _f(True, "Give the guest its root image as persistent memory read in place (DAX) rather than "
+                              "a virtio-blk disk: the image's pages stay in the host page cache, shared by every "
+                              "VM. Needs an EROFS image padded to 2 MiB and a kernel with X86_PMEM_LEGACY and "
+                              "FS_DAX (images/build.py makes both); microvm only: other images and machines "
+                              "use the disk.")
     free_page_reporting: bool = _f(True, "Give memory the guest frees back to the host (virtio-balloon free page "
                                          "reporting); handlers without templates only (see docs/architecture.md).")
 

@@ -73,6 +73,7 @@ class GuestDetails:
     sandbox_id: str
     clock_lag: float = 0.0  # seconds the guest's clock lost in early boot (add for time since kernel start)
     init_started: float = 0.0  # kernel clock when /init started (0: unknown)
+    root_mount: str = ""  # "device fstype options" of the guest's /
 
     @property
     def agent_startup(self) -> float:
@@ -262,7 +263,7 @@ class AgentClient:
             boot_id=r.boot_id, agent_start_uptime=r.agent_start_uptime_ns / 1e9,
             agent_ready_uptime=r.agent_ready_uptime_ns / 1e9, uptime=r.uptime_ns / 1e9,
             online_cpus=r.online_cpus, sandbox_id=r.sandbox_id,
-            clock_lag=r.clock_lag_ns / 1e9, init_started=r.init_started_ns / 1e9,
+            clock_lag=r.clock_lag_ns / 1e9, init_started=r.init_started_ns / 1e9, root_mount=r.root_mount,
         )
 
     async def setup_sandbox(

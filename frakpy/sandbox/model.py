@@ -62,6 +62,7 @@ class VMInfo:
     memory_mib: int = 0
     kernel: str = ""
     rootfs: str = ""
+    root_device: str = ""  # "pmem" (DAX) or "virtio-blk"
     boot: dict[str, Any] = field(default_factory=dict)  # mode ("cold"|"template"), template, timings (s)
 
 

@@ -21,7 +21,7 @@ from frakpy.sandbox.model import Sandbox, VMInfo
 from frakpy.vm import accel, template
 from frakpy.vm.guest import resolve as resolve_guest
 from frakpy.vm.qemu import QemuVM
-from frakpy.vm.spec import VMSpec
+from frakpy.vm.spec import VMSpec, root_dax_problem
 from frakpy.vm.template import TemplateStore
 
 AGENT_READY_MARK = "frakpy-agent"
@@ -56,12 +56,15 @@ def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path)
     """The VM a handler gives its pods, before any pod-specific backend is attached."""
     guest = resolve_guest(cfg.guest_manifest, handler)
     choice = accel.choose(handler.accelerator)
+    root_dax = handler.root_dax and not _dax_refused(guest.rootfs, guest.rootfs_fstype, handler.memory_mib,
+                                                     handler.machine)
     spec = VMSpec(
         vm_id=vm_id,
         run_dir=run_dir,
         kernel=guest.kernel,
         rootfs=guest.rootfs,
         rootfs_fstype=guest.rootfs_fstype,
+        root_dax=root_dax,
         vcpus=handler.vcpus,
         memory_mib=handler.memory_mib,
         machine=handler.machine,
@@ -77,12 +80,24 @@ def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path)
     return spec, choice
 
 
+_dax_warned: set[tuple[str, str]] = set()
+
+
+def _dax_refused(rootfs: Path, fstype: str, memory_mib: int, machine: str) -> str:
+    """root_dax_problem(), logged once per image and reason when the handler asked for a DAX root."""
+    why = root_dax_problem(rootfs, fstype, memory_mib, machine)
+    if why and (str(rootfs), why) not in _dax_warned:
+        _dax_warned.add((str(rootfs), why))
+        logging.getLogger("frakpy.vm").warning("root_dax: %s; booting %s from a virtio-blk disk", why, rootfs)
+    return why
+
+
 def build_spec(cfg: Config, sb: Sandbox, handler: HandlerConfig, run_dir: Path) -> VMSpec:
     spec, choice = handler_spec(cfg, handler, sb.id, run_dir)
     sb.vm = VMInfo(
         run_dir=str(run_dir), accel=choice.name, accel_reason=choice.reason, transport=spec.transport,
         machine=handler.machine, vcpus=handler.vcpus, memory_mib=handler.memory_mib,
-        kernel=str(spec.kernel), rootfs=str(spec.rootfs),
+        kernel=str(spec.kernel), rootfs=str(spec.rootfs), root_device="pmem" if spec.root_dax else "virtio-blk",
     )
     return spec
 
@@ -141,6 +156,7 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
             "kernel_to_agent_ready_s": round(ready_k, 3),
             "guest_clock_lag_s": round(lag, 3),
             "agent_rpc_roundtrip_s": round(t_details - t_ready, 4),
+            "root_mount": details.root_mount,
         }
 
     task = asyncio.ensure_future(steps())

@@ -5,6 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DAX_ALIGN = 2 << 20   # Linux maps persistent memory in 2 MiB sub-sections
+DAX_MAX_TOTAL_MIB = 2048  # RAM + image must sit below every machine type's 32-bit PCI hole
+
+
+def root_dax_problem(rootfs: Path, fstype: str, memory_mib: int, machine: str = "microvm") -> str:
+    """Why this image cannot be the guest's DAX root ('' when it can).
+
+    The image becomes a second RAM block right after the guest's RAM (QEMU maps the file shared
+    and read-only, so its pages come from the host page cache and are shared by every VM), and
+    the kernel command line marks that range as persistent memory. EROFS reads its files in
+    place from there when they have no inline tail (images/rootfs.py builds it that way)."""
+    if machine != "microvm":
+        # measured: q35 never reaches the kernel; SeaBIOS keeps its tables at the top of low RAM
+        return f"machine {machine} does not boot with the image after RAM (its firmware uses the top of RAM)"
+    if fstype != "erofs":
+        return f"the root image is {fstype}, not EROFS"
+    try:
+        size = rootfs.stat().st_size
+    except OSError as exc:
+        return f"the root image is unreadable: {exc}"
+    if size == 0 or size % DAX_ALIGN:
+        return f"the root image's size ({size} bytes) is not a multiple of 2 MiB"
+    if memory_mib + (size >> 20) > DAX_MAX_TOTAL_MIB:
+        return f"guest RAM plus the image exceeds {DAX_MAX_TOTAL_MIB} MiB"
+    return ""
+
 
 @dataclass
 class VMSpec:
@@ -15,6 +41,8 @@ class VMSpec:
     kernel: Path
     rootfs: Path
     rootfs_fstype: str = "erofs"
+    # the root image as persistent memory read in place (see root_dax_problem) instead of a disk
+    root_dax: bool = False
     vcpus: int = 1
     memory_mib: int = 256
     machine: str = "microvm"
@@ -73,14 +101,42 @@ class VMSpec:
         return "device" if self.machine == "microvm" else "pci"
 
     @property
+    def pcie(self) -> bool:
+        """microvm with its PCIe host bridge: needed for a DAX root (below), and then used for the
+        devices whose rings the guest fills up front."""
+        return self.machine == "microvm" and self.root_dax
+
+    @property
+    def ring_bus_suffix(self) -> str:
+        """Bus of virtio-serial, virtio-net and virtio-scsi. On virtio-mmio QEMU offers every queue
+        with 1024 entries and Linux uses them all: virtio-serial alone then pre-allocates 8 MiB of
+        receive buffers (1024 pages for each of its two receive queues); over PCI the queue sizes
+        are the devices' own (32-256)."""
+        return "pci" if self.pcie else self.bus_suffix
+
+    @property
+    def rootfs_mib(self) -> int:
+        return self.rootfs.stat().st_size >> 20
+
+    @property
     def agent_uri(self) -> str:
         if self.transport == "vsock":
             return f"vsock://{self.vsock_cid}:1024"
         return f"serial://{self.agent_path}"
 
     def kernel_cmdline(self) -> str:
-        parts = ["console=ttyS0", "quiet", "panic=-1", f"root=/dev/vda rootfstype={self.rootfs_fstype} ro",
-                 "init=/init"]
+        # percpu_alloc=page: with the default "embed" allocator each percpu chunk spans 2 MiB and
+        # its memory-cgroup bookkeeping takes another 4 MiB, allocated as soon as the first chunk
+        # fills up (it does once a SCSI host is scanned)
+        parts = ["console=ttyS0", "quiet", "panic=-1", "percpu_alloc=page"]
+        if self.root_dax:
+            # the image's pages follow guest RAM; memmap=! makes them an e820 persistent-memory
+            # range, which Linux serves as /dev/pmem0, and EROFS maps its files from it in place
+            parts += [f"memmap={self.rootfs_mib}M!{self.memory_mib}M", "root=/dev/pmem0",
+                      f"rootfstype={self.rootfs_fstype}", "rootflags=dax=always", "ro", "rootwait"]
+        else:
+            parts += ["root=/dev/vda", f"rootfstype={self.rootfs_fstype}", "ro"]
+        parts.append("init=/init")
         if self.accel == "tcg":
             # Under TCG the PIT calibration of the TSC fails at random and hangs microvm; the
             # clocksource watchdog would also mark the TSC unstable when VMs boot together.

@@ -86,6 +86,7 @@ def variant(spec: VMSpec) -> dict[str, Any]:
         "kernel": _file_id(spec.kernel),
         "rootfs": _file_id(spec.rootfs),
         "rootfs_fstype": spec.rootfs_fstype,
+        "root_dax": spec.root_dax,
         "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib,
         "machine": spec.machine,

@@ -73,6 +73,13 @@ kernel_params = "init=/usr/bin/sleep -- 3600"
 [handlers.large]
 vcpus = 2
 memory_mib = 384
+
+[handlers.daxroot]
+template = false
+
+[handlers.diskroot]
+template = false
+root_dax = false
 """
 
 
@@ -87,6 +94,25 @@ def daemon():
             remove_all(c)
         dfx.stop(d)
         dfx.cleanup_host(base)
+
+
+@pytest.mark.parametrize(("handler", "device", "dax"), [("daxroot", "pmem", True), ("diskroot", "virtio-blk", False)])
+def test_root_image_read_in_place_or_from_a_disk(daemon, handler: str, device: str, dax: bool):
+    """By default the guest maps its root image as persistent memory (EROFS reads it in place and
+    the host shares its pages between VMs); root_dax = false boots it from a virtio-blk disk."""
+    with daemon.client() as c:
+        pod_id = run(c, pod_config(f"root-{handler}"), handler)
+        try:
+            vm = vm_info(c, pod_id)
+            assert vm["root_device"] == device and vm["boot"]["mode"] == "cold"
+            fs, options = vm["boot"]["root_mount"].split()[1:]
+            assert fs == "erofs" and "ro" in options.split(",")
+            assert ("dax=always" in options.split(",")) == dax, vm["boot"]["root_mount"]
+            argv = (Path(vm["run_dir"]) / "qemu.argv").read_text().splitlines()
+            assert any(a.startswith("memory-backend-file,id=rootfs,") and "readonly=on" in a for a in argv) == dax
+            assert any(a.startswith("virtio-blk-") for a in argv) != dax
+        finally:
+            remove_all(c)
 
 
 def test_run_status_list_stop_remove(daemon):
@@ -107,6 +133,7 @@ def test_run_status_list_stop_remove(daemon):
             assert 0 < b["kernel_to_init_s"] < b["kernel_to_agent_start_s"] < b["kernel_to_agent_ready_s"], b
             assert b["guest_clock_lag_s"] >= 0, b
             assert b["qemu_to_kernel_s"] + b["kernel_to_agent_ready_s"] <= b["total_s"] + 0.05, b
+        assert vm["root_device"] == "pmem"
         run_dir = Path(vm["run_dir"])
         assert (run_dir / "qemu.argv").read_text().startswith("qemu-system-x86_64\n")
 

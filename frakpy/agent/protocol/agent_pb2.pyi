@@ -58,7 +58,7 @@ class GuestDetailsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GuestDetailsResponse(_message.Message):
-    __slots__ = ("kernel_release", "mem_total_bytes", "agent_version", "boot_id", "agent_start_uptime_ns", "agent_ready_uptime_ns", "uptime_ns", "online_cpus", "sandbox_id", "clock_lag_ns", "init_started_ns")
+    __slots__ = ("kernel_release", "mem_total_bytes", "agent_version", "boot_id", "agent_start_uptime_ns", "agent_ready_uptime_ns", "uptime_ns", "online_cpus", "sandbox_id", "clock_lag_ns", "init_started_ns", "root_mount")
     KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
     MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class GuestDetailsResponse(_message.Message):
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_LAG_NS_FIELD_NUMBER: _ClassVar[int]
     INIT_STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_MOUNT_FIELD_NUMBER: _ClassVar[int]
     kernel_release: str
     mem_total_bytes: int
     agent_version: str
@@ -81,7 +82,8 @@ class GuestDetailsResponse(_message.Message):
     sandbox_id: str
     clock_lag_ns: int
     init_started_ns: int
-    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_start_uptime_ns: _Optional[int] = ..., agent_ready_uptime_ns: _Optional[int] = ..., uptime_ns: _Optional[int] = ..., online_cpus: _Optional[int] = ..., sandbox_id: _Optional[str] = ..., clock_lag_ns: _Optional[int] = ..., init_started_ns: _Optional[int] = ...) -> None: ...
+    root_mount: str
+    def __init__(self, kernel_release: _Optional[str] = ..., mem_total_bytes: _Optional[int] = ..., agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_start_uptime_ns: _Optional[int] = ..., agent_ready_uptime_ns: _Optional[int] = ..., uptime_ns: _Optional[int] = ..., online_cpus: _Optional[int] = ..., sandbox_id: _Optional[str] = ..., clock_lag_ns: _Optional[int] = ..., init_started_ns: _Optional[int] = ..., root_mount: _Optional[str] = ...) -> None: ...
 
 class DNSConfig(_message.Message):
     __slots__ = ("servers", "searches", "options")

@@ -38,7 +38,17 @@ class GuestDetails:
             uptime_ns=uptime_ns(),
             online_cpus=os.cpu_count() or 0,
             sandbox_id=self.state.sandbox_id,
+            root_mount=root_mount(system.read_text("/proc/self/mounts")),
         )
+
+
+def root_mount(mounts: str) -> str:
+    """'device fstype options' of the first filesystem mounted on / ('' if none)."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/":
+            return " ".join((fields[0], fields[2], fields[3]))
+    return ""
 
 
 def parse_kmsg(record: bytes) -> tuple[int, bytes]:

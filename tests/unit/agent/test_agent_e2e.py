@@ -265,3 +265,13 @@ def test_clock_from_log_reads_the_lag_and_init() -> None:
     assert clock_from_log(records) == (786526434 - 460178407, 567_281_000)
     assert clock_from_log(records[2:]) == (0, 567_281_000)  # no such line (e.g. KVM): no correction
     assert clock_from_log([b"garbage"]) == (0, 0)
+
+
+def test_root_mount_is_the_first_filesystem_on_slash() -> None:
+    from frakpy_guest.services.info import root_mount
+
+    mounts = ("/dev/root / erofs ro,relatime,dax=always,user_xattr 0 0\n"
+              "devtmpfs /dev devtmpfs rw,relatime,size=120760k 0 0\n"
+              "tmpfs / tmpfs rw 0 0\n")
+    assert root_mount(mounts) == "/dev/root erofs ro,relatime,dax=always,user_xattr"
+    assert root_mount("proc /proc proc rw 0 0\n") == ""

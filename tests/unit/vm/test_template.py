@@ -36,7 +36,7 @@ def test_key_is_stable_and_ignores_pod_backends(pod: VMSpec, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("change", [
     {"memory_mib": 512}, {"vcpus": 2}, {"machine": "q35"}, {"accel": "kvm"}, {"kernel_params": "x=1"},
-    {"transport": "vsock"}, {"tap_fd": None, "tap_fds": []}, {"rootfs_fstype": "ext4"},
+    {"transport": "vsock"}, {"tap_fd": None, "tap_fds": []}, {"rootfs_fstype": "ext4"}, {"root_dax": True},
 ])
 def test_key_changes_with_what_must_match(pod: VMSpec, change: dict) -> None:
     assert key(pod) != key(dataclasses.replace(pod, **change))
