@@ -4,14 +4,16 @@ Steps (each skipped when its result is already there):
 
 1. make sure the build packages are installed (apt-get, only what is missing);
 2. extract the distribution's ``linux-source`` tarball once under ``/var/cache/frakpy/kernel``;
+   and apply ``kernel-config/patches/*.patch`` to it (reverting a set applied before that is
+   no longer wanted, so one source tree serves every kernel key);
 3. ``make allnoconfig`` with ``KCONFIG_ALLCONFIG`` = the ``kernel-config/*.config`` fragments
    concatenated (optional fragments such as ``pvm-guest.config`` only when asked for);
 4. check that every option of the fragment took effect, warning about the ones that did not;
 5. ``make vmlinux`` in the persistent build directory (incremental after a config change);
 6. strip it and install it as ``<out>/vmlinux-<key>``.
 
-``key`` is a truncated sha256 of the fragment text and of the linux-source package name and
-version, so the file name changes exactly when the kernel would.  If ``<out>/vmlinux-<key>``
+``key`` is a truncated sha256 of the fragment text, the patches and the linux-source package
+name and version, so the file name changes exactly when the kernel would.  If ``<out>/vmlinux-<key>``
 already exists nothing else runs.
 """
 
@@ -32,13 +34,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "kernel-config"
+PATCH_DIR = CONFIG_DIR / "patches"
 CACHE = Path("/var/cache/frakpy/kernel")
 BUILD_DIR = CACHE / "build"
 DEFAULT_OUT = Path("/var/lib/frakpy/guest")
 # fragments that exist in kernel-config/ but are only used on request (--with NAME)
 OPTIONAL_FRAGMENTS = {"pvm-guest"}
 BUILD_DEPS = ["build-essential", "bc", "flex", "bison", "libelf-dev", "libssl-dev",
-              "cpio", "xz-utils", "binutils"]
+              "cpio", "xz-utils", "binutils", "patch"]
 PREFERRED_SOURCE = "linux-source-6.1"   # what base.config was written and checked against
 KEY_LEN = 16
 
@@ -118,9 +121,16 @@ def fragment_text(files: list[Path]) -> str:
     return "".join(parts)
 
 
-def kernel_key(fragment: str, src_pkg: str, src_version: str) -> str:
+def patches_text() -> str:
+    """The patches applied to the source, in name order, as one text (part of the key)."""
+    return "".join(f"# ---- {p.name}\n{p.read_text()}" for p in sorted(PATCH_DIR.glob("*.patch")))
+
+
+def kernel_key(fragment: str, src_pkg: str, src_version: str, patches: str = "") -> str:
     h = hashlib.sha256()
     h.update(fragment.encode())
+    if patches:
+        h.update(b"\0patches\0" + patches.encode())
     h.update(f"\0{src_pkg}={src_version}\0".encode())
     return h.hexdigest()[:KEY_LEN]
 
@@ -190,6 +200,28 @@ def ensure_source(pkg: str) -> Source:
     return Source(pkg, version, tree)
 
 
+def apply_patches(tree: Path) -> None:
+    """Bring the source tree to exactly our patch set: revert what an earlier set applied (kept in
+    ``.frakpy-patches``), then apply the current one. Patch files are plain ``diff -u`` output
+    against the tree's top directory (``patch -p1``); any text before the first ``---`` is a
+    description."""
+    record = tree / ".frakpy-patches"
+    want = patches_text()
+    have = record.read_text() if record.is_file() else ""
+    if have == want:
+        return
+    if have:
+        log("reverting the previously applied kernel patches")
+        for one in reversed(have.split("# ---- ")[1:]):
+            run(["patch", "-p1", "-R", "-s", "-d", str(tree)], input=one.encode())
+        record.unlink()
+    for p in sorted(PATCH_DIR.glob("*.patch")):
+        log(f"applying kernel patch {p.name}")
+        run(["patch", "-p1", "-N", "-s", "-d", str(tree), "-i", str(p)])
+    if want:
+        record.write_text(want)
+
+
 def make(src: Source, *targets: str, logf=None, extra: list[str] = ()) -> None:
     argv = ["make", "-C", str(src.tree), "ARCH=x86_64", f"O={BUILD_DIR}", *extra, *targets]
     run(argv, stdout=logf, stderr=subprocess.STDOUT if logf else None)
@@ -205,7 +237,7 @@ def build(out: Path, extra: list[str] = (), force: bool = False, jobs: int | Non
     if version is None:
         apt_install([pkg])
         version = installed_version(pkg)
-    key = kernel_key(fragment, pkg, version)
+    key = kernel_key(fragment, pkg, version, patches_text())
     dest = out / f"vmlinux-{key}"
     meta_path = out / f"vmlinux-{key}.json"
     if dest.is_file() and meta_path.is_file() and not force:
@@ -218,6 +250,7 @@ def build(out: Path, extra: list[str] = (), force: bool = False, jobs: int | Non
         fcntl.flock(lockf, fcntl.LOCK_EX)
         t0 = time.monotonic()
         src = ensure_source(pkg)
+        apply_patches(src.tree)
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
         frag_path = BUILD_DIR / "frakpy-fragment.config"
         frag_path.write_text(fragment)
@@ -257,6 +290,7 @@ def build(out: Path, extra: list[str] = (), force: bool = False, jobs: int | Non
         (out / f"vmlinux-{key}.config").write_text(dotconfig)
         meta = {"key": key, "release": release, "source_package": src.package,
                 "source_version": src.version, "fragments": [p.name for p in files],
+                "patches": sorted(p.name for p in PATCH_DIR.glob("*.patch")),
                 "config_mismatches": bad}
         meta_tmp = out / f".vmlinux-{key}.json.tmp"
         meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
