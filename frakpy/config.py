@@ -23,8 +23,9 @@ DEFAULT_PATH = Path("/etc/frakpy/config.toml")
 DEFAULT_HANDLER = "frakpy"
 
 
-def _f(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
-    meta = {"doc": doc, "choices": choices, "minimum": minimum}
+def _f(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+       maximum: float | None = None) -> Any:
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -108,8 +109,13 @@ class HandlerConfig:
     kernel: str = _f("", "Guest kernel (PVH vmlinux); empty takes the one in the guest manifest.")
     rootfs: str = _f("", "Guest root filesystem image; empty takes the one in the guest manifest.")
     kernel_params: str = _f("", "Extra guest kernel command-line parameters.")
-    agent_transport: str = _f("auto", "Host-guest agent channel: vsock where /dev/vhost-vsock exists, else serial.",
+    agent_transport: str = _f("auto", "Host-guest agent channel. auto: kernel vsock where /dev/vhost-vsock exists, "
+                                      "else virtio-serial. vsock: kernel vsock, or where the host has none frakpy's "
+                                      "own userspace vsock device (one small helper process per VM; no VM "
+                                      "templates). serial: virtio-serial.",
                               choices=("auto", "vsock", "serial"))
+    vsock_port: int = _f(1024, "vsock port the guest agent listens on (given to it on the kernel command line).",
+                         minimum=1, maximum=0xFFFFFFFE)
     boot_timeout_s: float = _f(30.0, "Seconds for a VM to boot until its agent answers.", minimum=1)
     qemu_binary: str = _f("qemu-system-x86_64", "QEMU system emulator to run.")
     seccomp: bool = _f(True, "Run QEMU under its own seccomp sandbox (-sandbox on, ...).")
@@ -195,6 +201,9 @@ def _check_value(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
     minimum = f.metadata.get("minimum")
     if minimum is not None and value < minimum:
         raise InvalidArgument(f"config key {key}: {value!r} is below the minimum {minimum}")
+    maximum = f.metadata.get("maximum")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"config key {key}: {value!r} is above the maximum {maximum}")
     return value
 
 

@@ -149,6 +149,17 @@ def cmdline_flag(flag: str) -> bool:
         return False
 
 
+def cmdline_value(key: str, path: str = "/proc/cmdline") -> str | None:
+    """The value of ``key=value`` on the kernel command line (the last one wins), None if absent."""
+    try:
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    values = [w.partition("=")[2] for w in words if w.startswith(key + "=")]
+    return values[-1] if values else None
+
+
 def debug_requested() -> bool:
     """``frakpy.debug=1`` on the kernel command line turns on debug logging (not pod-specific)."""
     return cmdline_flag("frakpy.debug=1")

@@ -48,8 +48,9 @@ async def listen_vsock(server: ttrpc.Server, port: int = VSOCK_PORT) -> asyncio.
 
 
 async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, system=None,  # type: ignore[no-untyped-def]
-              port_path: str | None = None, vsock_port: int | None = VSOCK_PORT) -> None:
-    """Serve forever (until the VM powers off)."""
+              port_path: str | None = None, vsock_port: int | None = -1) -> None:
+    """Serve forever (until the VM powers off); vsock on ``vsock_port`` (-1: from the kernel command
+    line, None: not at all)."""
     loop = asyncio.get_running_loop()
     reaper = None
     if pid1:
@@ -80,6 +81,8 @@ async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, syste
         log.debug("serving on virtio-serial port %s", path)
     else:
         log.warning("no virtio-serial port named %r", PORT_NAME)
+    if vsock_port == -1:
+        vsock_port = vsock_port_from_cmdline()
     vsock = await listen_vsock(server, vsock_port) if vsock_port is not None else None
     if vsock is not None:
         log.debug("serving on vsock port %d", vsock_port)
@@ -97,6 +100,23 @@ async def run(*, start_uptime_ns: int, start_monotonic: float, pid1: bool, syste
         await asyncio.gather(*tasks)  # only returns if a listener fails
     else:
         await asyncio.Event().wait()
+
+
+def vsock_port_from_cmdline() -> int:
+    """``frakpy.vsock_port=N``: where the host expects the agent on vsock (VSOCK_PORT if absent or bad)."""
+    from frakpy_guest.init import cmdline_value
+
+    text = cmdline_value("frakpy.vsock_port")
+    if text is None:
+        return VSOCK_PORT
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 0xFFFFFFFF:
+        log.warning("frakpy.vsock_port=%s is not a vsock port; using %d", text, VSOCK_PORT)
+        return VSOCK_PORT
+    return port
 
 
 def template_boot() -> bool:

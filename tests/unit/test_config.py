@@ -43,6 +43,10 @@ def test_explicit_missing_file_is_an_error(tmp_path):
         ("[daemon]\nsocket_mode = '0999'\n", "daemon.socket_mode"),
         ("[cni]\nbin_dirs = '/opt/cni/bin'\n", "cni.bin_dirs"),
         ("[daemon\n", "config file"),
+        ("[handlers.vs]\nvsock_port = 0\n", "handlers.vs.vsock_port: 0 is below the minimum 1"),
+        ("[handlers.vs]\nvsock_port = 4294967295\n", "handlers.vs.vsock_port: 4294967295 is above the maximum"),
+        ("[handlers.vs]\nvsock_port = '1024'\n", "handlers.vs.vsock_port: expected an integer"),
+        ("[handlers.vs]\nagent_transport = 'hvsock'\n", "handlers.vs.agent_transport"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, toml, needle):
@@ -68,3 +72,11 @@ def test_int_accepted_for_float(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[handlers.frakpy]\nboot_timeout_s = 10\n")
     assert cfgmod.load(p).handler("frakpy").boot_timeout_s == 10.0
+
+
+def test_vsock_port_reaches_the_handler(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[handlers.vs]\nagent_transport = 'vsock'\nvsock_port = 5000\n")
+    h = cfgmod.load(p).handler("vs")
+    assert (h.agent_transport, h.vsock_port) == ("vsock", 5000)
+    assert cfgmod.Config().handler("").vsock_port == 1024
