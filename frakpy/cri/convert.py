@@ -74,6 +74,7 @@ def sandbox_verbose_info(sb: Sandbox) -> dict[str, str]:
             "transport": sb.vm.transport, "agent": sb.vm.agent_uri, "machine": sb.vm.machine,
             "vcpus": sb.vm.vcpus, "memory_mib": sb.vm.memory_mib, "kernel": sb.vm.kernel,
             "rootfs": sb.vm.rootfs, "root_device": sb.vm.root_device, "run_dir": sb.vm.run_dir,
+            "vsock": {"backend": sb.vm.vsock_backend, "cid": sb.vm.vsock_cid} if sb.vm.transport == "vsock" else {},
             "boot": sb.vm.boot,
         },
         "network": {k: v for k, v in sb.network.items() if k != "cni_result"},

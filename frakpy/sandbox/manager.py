@@ -184,6 +184,7 @@ class SandboxManager:
             running = await vmboot.launch(sb, spec, handler_name, handler, self.templates, slog, fds)
             _close_fd(share_fd)  # QEMU holds its own copy
             t_vm = time.monotonic()
+            undo.push_async_callback(vmboot.release_vsock, sb)  # after the VM is killed
             undo.push_async_callback(running.vm.kill)
             undo.push_async_callback(running.close)
             if cni is not None:
@@ -258,6 +259,7 @@ class SandboxManager:
         if running is None:
             # not adopted (QEMU gone, or never reachable): make sure nothing of it survives
             await _kill_stray(sb)
+            await vmboot.release_vsock(sb)
             return
         if running.watcher is not None:
             running.watcher.cancel()
@@ -269,6 +271,7 @@ class SandboxManager:
             log.warning("sandbox %s: VM ignored shutdown and quit; killing it", sb.id[:12])
         await vm.kill()
         await running.close()
+        await vmboot.release_vsock(sb)
 
     # -- RemovePodSandbox -------------------------------------------------------------------------
     async def remove(self, sandbox_id: str) -> None:
@@ -304,6 +307,7 @@ class SandboxManager:
             if sb.state is SandboxState.CREATING:
                 log.info("sandbox %s was being created when frakpyd stopped; undoing it", sb.id[:12])
                 await _kill_stray(sb)
+                await vmboot.release_vsock(sb)
                 if self.network is not None and sb.network:
                     with contextlib.suppress(Exception):
                         await self.network.teardown(sb)

@@ -63,6 +63,8 @@ class VMInfo:
     kernel: str = ""
     rootfs: str = ""
     root_device: str = ""  # "pmem" (DAX) or "virtio-blk"
+    vsock_backend: str = ""  # transport vsock: "kernel" (vhost-vsock) or "user" (frakpy.vm.vsockdev)
+    vsock_cid: int = 0
     boot: dict[str, Any] = field(default_factory=dict)  # mode ("cold"|"template"), template, timings (s)
 
 

@@ -18,7 +18,7 @@ from frakpy.agent.client import AgentClient
 from frakpy.config import Config, HandlerConfig
 from frakpy.errors import DeadlineExceeded, FrakpyError, Unavailable
 from frakpy.sandbox.model import Sandbox, VMInfo
-from frakpy.vm import accel, template
+from frakpy.vm import accel, template, vsock
 from frakpy.vm.guest import resolve as resolve_guest
 from frakpy.vm.qemu import QemuVM
 from frakpy.vm.spec import VMSpec, root_dax_problem
@@ -73,6 +73,8 @@ def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path)
         tsc_khz=accel.host_tsc_khz() if choice.name == "tcg" else None,
         kernel_params=handler.kernel_params,
         transport=choose_transport(handler.agent_transport),
+        vsock_backend=vsock.backend_kind(),
+        vsock_port=handler.vsock_port,
         seccomp=handler.seccomp,
         qemu_binary=handler.qemu_binary,
         free_page_reporting=handler.free_page_reporting and not handler.template,
@@ -122,9 +124,15 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
     running = RunningVM(vm)
     stage = ["starting QEMU"]
     t0 = time.monotonic()
+    if spec.transport == "vsock":
+        attach_vsock(sb, spec)
+        extra_fds = (*extra_fds, spec.vsock_fd) if spec.vsock_fd is not None else extra_fds
 
     async def steps() -> None:
-        await vm.start(extra_fds)
+        try:
+            await vm.start(extra_fds)
+        finally:
+            _close_vsock_fd(spec)  # QEMU holds its own copy
         t_qmp = time.monotonic()
         stage[0] = "restoring the VM state" if restoring else "guest kernel booting"
         if spec.incoming_fd is not None:
@@ -188,9 +196,37 @@ async def boot(sb: Sandbox, spec: VMSpec, timeout: float, log: logging.Logger,
             with contextlib.suppress(Exception):
                 await running.agent.close()
         await vm.kill()
+        _close_vsock_fd(spec)
+        await release_vsock(sb)
         raise
     finally:
         died.cancel()
+
+
+def attach_vsock(sb: Sandbox, spec: VMSpec) -> None:
+    """The host end of the VM's vsock device, before QEMU starts: a kernel CID on a vhost-vsock fd,
+    or the userspace backend process (its pidfile and socket in the run dir)."""
+    sb.vm.vsock_backend = spec.vsock_backend
+    if spec.vsock_backend == "kernel":
+        spec.vsock_cid, spec.vsock_fd = vsock.CIDS.reserve()
+    else:
+        spec.vsock_cid = vsock.USER_GUEST_CID
+        spec.vsock_fd = vsock.start_backend(spec)
+    sb.vm.vsock_cid = spec.vsock_cid
+
+
+def _close_vsock_fd(spec: VMSpec) -> None:
+    if spec.vsock_fd is not None:
+        os.close(spec.vsock_fd)
+        spec.vsock_fd = None
+
+
+async def release_vsock(sb: Sandbox) -> None:
+    """Undo attach_vsock once the VM is gone (idempotent): the backend process and its files, the CID."""
+    if sb.vm.vsock_backend == "user" and sb.vm.run_dir:
+        await vsock.stop_backend(Path(sb.vm.run_dir), sb.id)
+    elif sb.vm.vsock_backend == "kernel":
+        vsock.CIDS.release(sb.vm.vsock_cid)
 
 
 async def launch(sb: Sandbox, spec: VMSpec, handler_name: str, handler: HandlerConfig,
@@ -255,6 +291,8 @@ async def adopt(sb: Sandbox, log: logging.Logger, timeout: float = 10.0, attempt
     (and frame decoder) whenever the host side hangs up, which clears whatever the dead daemon's
     connection may have left half-sent on the channel."""
     vm = QemuVM(spec_from_record(sb), log)
+    if sb.vm.vsock_backend == "kernel":
+        vsock.CIDS.mark(sb.vm.vsock_cid)  # the kernel holds it for QEMU; never hand it out again
     await vm.adopt(sb.vm.pid)
     running = RunningVM(vm)
     for attempt in range(1, attempts + 1):

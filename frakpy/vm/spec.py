@@ -52,6 +52,11 @@ class VMSpec:
     kernel_params: str = ""
     transport: str = "serial"
     vsock_cid: int | None = None
+    # vsock: "kernel" (vhost-vsock, vsock_fd is /dev/vhost-vsock holding the CID) or "user"
+    # (frakpy.vm.vsockdev over vhost-user, vsock_fd is QEMU's end of its socketpair)
+    vsock_backend: str = "kernel"
+    vsock_port: int = 1024  # where the guest agent listens (frakpy.vsock_port= on the command line)
+    vsock_fd: int | None = None
     seccomp: bool = True
     qemu_binary: str = "qemu-system-x86_64"
     # fds inherited by QEMU: listening sockets for QMP and the agent port, the pod's tap
@@ -96,6 +101,20 @@ class VMSpec:
         return self.run_dir / "qemu.argv"
 
     @property
+    def vsock_socket(self) -> Path:
+        """The userspace vsock backend's host socket (CONNECT <port>)."""
+        return self.run_dir / "vsock.sock"
+
+    @property
+    def vsock_pidfile(self) -> Path:
+        return self.run_dir / "vsock.pid"
+
+    @property
+    def shared_ram(self) -> bool:
+        """Guest RAM in a shared memfd: a vhost-user backend process maps it."""
+        return self.transport == "vsock" and self.vsock_backend == "user"
+
+    @property
     def bus_suffix(self) -> str:
         """microvm has virtio-mmio only; pc and q35 use virtio over PCI."""
         return "device" if self.machine == "microvm" else "pci"
@@ -120,8 +139,10 @@ class VMSpec:
 
     @property
     def agent_uri(self) -> str:
+        if self.transport == "vsock" and self.vsock_backend == "user":
+            return f"hvsock://{self.vsock_socket}:{self.vsock_port}"
         if self.transport == "vsock":
-            return f"vsock://{self.vsock_cid}:1024"
+            return f"vsock://{self.vsock_cid}:{self.vsock_port}"
         return f"serial://{self.agent_path}"
 
     def kernel_cmdline(self) -> str:
@@ -145,6 +166,8 @@ class VMSpec:
             parts.append("tsc=reliable")
         if self.free_page_reporting:
             parts.append("page_reporting.page_reporting_order=0")  # report 4 KiB pages, not 2 MiB
+        if self.transport == "vsock":
+            parts.append(f"frakpy.vsock_port={self.vsock_port}")
         if self.kernel_params:
             parts.append(self.kernel_params)
         return " ".join(parts)

@@ -106,7 +106,8 @@ def unsupported(spec: VMSpec) -> str:
     if len(spec.tap_fds) > 1:
         return "a multi-queue NIC (a template's placeholder NIC has one queue)"
     if spec.transport == "vsock":
-        return "the vsock transport (each clone needs its own CID; not tested on this host)"
+        return ("the vsock transport (a clone would restore the template's guest CID, and QEMU cannot save a "
+                "vhost-user device)")
     if spec.free_page_reporting:
         return "free page reporting (QEMU would punch the reported pages out of the template's file)"
     return ""
