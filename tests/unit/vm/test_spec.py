@@ -48,7 +48,7 @@ def test_dax_root_is_a_second_ram_block_after_guest_ram(pod: VMSpec, image: Path
     # the devices whose receive queues the guest fills go over PCI (virtio-mmio offers 1024 entries)
     devices = arg_after(argv, "-device")
     assert {"virtio-serial-pci,id=vser0", "virtio-scsi-pci,id=scsi0",
-            "virtio-net-pci,netdev=net0,mac=0a:58:0a:00:00:05", "virtio-rng-device"} <= set(devices)
+            "virtio-net-pci,netdev=net0,mac=0a:58:0a:00:00:05,romfile=", "virtio-rng-device"} <= set(devices)
 
 
 def test_disk_root_keeps_virtio_mmio(pod: VMSpec) -> None:
