@@ -7,7 +7,10 @@ with nothing changed only computes the keys.  ``<out>/guest.json`` is replaced a
 
     {"kernel": "/abs/vmlinux-<key>", "rootfs": "/abs/rootfs-<key>.erofs",
      "rootfs_fstype": "erofs", "kernel_key": ..., "rootfs_key": ...,
-     "kernel_version": "6.1.x-frakpy"}
+     "kernel_version": "6.1.x-frakpy", "qemu_lib_dir": "/abs/qemu-libs-<key>"}
+
+``qemu_lib_dir`` (qemulibs.py) holds libraries frakpyd puts first on QEMU's library path; it is
+left out when they cannot be built or QEMU does not start with them.
 
 With --kernel-only / --rootfs-only the other half is taken from the existing manifest.
 Must run as root (apt-get, mknod, chroot).
@@ -24,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel  # noqa: E402
+import qemulibs  # noqa: E402
 import rootfs  # noqa: E402
 
 MANIFEST = "guest.json"
@@ -65,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     if not a.kernel_only:
         r = rootfs.build(out, a.fstype, a.force)
         manifest.update(rootfs=r["path"], rootfs_key=r["key"], rootfs_fstype=r["fstype"])
+
+    libs = qemulibs.build(out)
+    if libs:
+        manifest["qemu_lib_dir"] = libs["path"]
+    else:
+        manifest.pop("qemu_lib_dir", None)
 
     missing = [k for k in ("kernel", "rootfs") if not manifest.get(k)
                or not Path(manifest[k]).is_file()]

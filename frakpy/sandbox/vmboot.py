@@ -77,6 +77,7 @@ def handler_spec(cfg: Config, handler: HandlerConfig, vm_id: str, run_dir: Path)
         vsock_port=handler.vsock_port,
         seccomp=handler.seccomp,
         qemu_binary=handler.qemu_binary,
+        qemu_lib_dir=None if handler.qemu_capstone else guest.qemu_lib_dir,
         free_page_reporting=handler.free_page_reporting and not handler.template,
     )
     return spec, choice

@@ -17,6 +17,7 @@ class GuestArtifacts:
     rootfs_fstype: str
     kernel_key: str = ""
     rootfs_key: str = ""
+    qemu_lib_dir: Path | None = None  # libraries put first on QEMU's library path (images/qemulibs.py)
 
 
 def resolve(manifest: Path, handler: HandlerConfig) -> GuestArtifacts:
@@ -36,7 +37,10 @@ def resolve(manifest: Path, handler: HandlerConfig) -> GuestArtifacts:
     for what, path in (("kernel", kernel), ("root filesystem", rootfs)):
         if not str(path) or str(path) == "." or not path.is_file():
             raise FailedPrecondition(f"guest {what} {str(path) or '(unset)'} not found; {hint}")
-    return GuestArtifacts(kernel, rootfs, fstype, data.get("kernel_key", ""), data.get("rootfs_key", ""))
+    libs = data.get("qemu_lib_dir")
+    qemu_lib_dir = Path(libs) if libs and Path(libs).is_dir() else None
+    return GuestArtifacts(kernel, rootfs, fstype, data.get("kernel_key", ""), data.get("rootfs_key", ""),
+                          qemu_lib_dir)
 
 
 def _fstype_of(path: Path) -> str:

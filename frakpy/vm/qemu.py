@@ -43,10 +43,13 @@ QEMU_MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=65
                         "glibc.malloc.mmap_threshold=65536:glibc.malloc.top_pad=0")
 
 
-def qemu_env() -> dict[str, str]:
+def qemu_env(lib_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     theirs = env.get("GLIBC_TUNABLES")
     env["GLIBC_TUNABLES"] = f"{QEMU_MALLOC_TUNABLES}:{theirs}" if theirs else QEMU_MALLOC_TUNABLES
+    if lib_dir is not None:
+        theirs = env.get("LD_LIBRARY_PATH")
+        env["LD_LIBRARY_PATH"] = f"{lib_dir}:{theirs}" if theirs else str(lib_dir)
     return env
 
 
@@ -130,7 +133,7 @@ class QemuVM:
                 self.spawned_at = time.monotonic()
                 self._popen = subprocess.Popen(  # noqa: ASYNC220
                     argv,
-                    env=qemu_env(),
+                    env=qemu_env(spec.qemu_lib_dir),
                     stdin=subprocess.DEVNULL,
                     stdout=errf,
                     stderr=errf,

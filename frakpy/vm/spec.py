@@ -59,6 +59,7 @@ class VMSpec:
     vsock_fd: int | None = None
     seccomp: bool = True
     qemu_binary: str = "qemu-system-x86_64"
+    qemu_lib_dir: Path | None = None  # first on QEMU's LD_LIBRARY_PATH (the no-op libcapstone)
     # fds inherited by QEMU: listening sockets for QMP and the agent port, the pod's tap
     qmp_fd: int | None = None
     agent_fd: int | None = None

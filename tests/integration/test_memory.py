@@ -1,4 +1,5 @@
-"""Free page reporting: memory a container frees inside a cold-booted pod goes back to the host."""
+"""Free page reporting: memory a container frees inside a cold-booted pod goes back to the host; QEMU runs
+with the no-op libcapstone of the guest build."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def test_memory_freed_in_the_guest_returns_to_the_host(tmp_path: Path) -> None:
         argv = Path(vm["run_dir"], "qemu.argv").read_text()
         assert "free-page-reporting=on" in argv
         qemu = vm["pid"]
+        manifest = json.loads(dfx.GUEST_MANIFEST.read_text())
+        if manifest.get("qemu_lib_dir"):  # QEMU loaded the no-op disassembler, not the real one
+            maps = Path(f"/proc/{qemu}/maps").read_text()
+            assert f"{manifest['qemu_lib_dir']}/libcapstone.so.4" in maps
+            assert "/usr/lib/x86_64-linux-gnu/libcapstone" not in maps
         before = rss_mib(qemu)
         # dd's 128 MiB buffer is written by the kernel (read from /dev/zero), then freed at exit
         cfg = container_config("hog", image, ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"])
