@@ -151,6 +151,13 @@ def start_backend(spec: VMSpec) -> int:
 
 
 def is_our_backend(pid: int, vm_id: str) -> bool:
+    """Whether pid is the live backend of vm_id. A child of this daemon is known by its Popen (its pid
+    cannot be reused before we reap it, and just after exec its /proc cmdline is still empty: the
+    kernel sets the argument area up after waking the parent); one started by an earlier daemon by
+    its labelled command line."""
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
