@@ -32,6 +32,10 @@ def root_dax_problem(rootfs: Path, fstype: str, memory_mib: int, machine: str = 
     return ""
 
 
+# the userspace vsock backend's files in a sandbox's run dir (frakpy.vm.vsock)
+VSOCK_SOCKET, VSOCK_PIDFILE, VSOCK_LOG = "vsock.sock", "vsock.pid", "vsock.log"
+
+
 @dataclass
 class VMSpec:
     """One VM's shape and the paths of its backends; rendered by qemu.argv.j2."""
@@ -104,11 +108,11 @@ class VMSpec:
     @property
     def vsock_socket(self) -> Path:
         """The userspace vsock backend's host socket (CONNECT <port>)."""
-        return self.run_dir / "vsock.sock"
+        return self.run_dir / VSOCK_SOCKET
 
     @property
     def vsock_pidfile(self) -> Path:
-        return self.run_dir / "vsock.pid"
+        return self.run_dir / VSOCK_PIDFILE
 
     @property
     def shared_ram(self) -> bool:

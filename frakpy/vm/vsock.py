@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from frakpy.errors import FailedPrecondition, ResourceExhausted, Unavailable
-from frakpy.vm.spec import VMSpec
+from frakpy.vm.spec import VSOCK_LOG, VSOCK_PIDFILE, VSOCK_SOCKET, VMSpec
 
 log = logging.getLogger("frakpy.vm.vsock")
 
@@ -130,7 +130,7 @@ def start_backend(spec: VMSpec) -> int:
         argv = [sys.executable, "-m", "frakpy.vm.vsockdev", "--vhost-fd", str(backend_end.fileno()),
                 "--listen-fd", str(listener.fileno()), "--guest-cid", str(spec.vsock_cid),
                 "--socket", str(spec.vsock_socket), "--name", backend_label(spec.vm_id)]
-        with open(spec.run_dir / "vsock.log", "ab") as logf:
+        with open(spec.run_dir / VSOCK_LOG, "ab") as logf:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                     pass_fds=(backend_end.fileno(), listener.fileno()),
                                     start_new_session=True, close_fds=True)
@@ -188,7 +188,7 @@ async def _wait_gone(pid: int, vm_id: str, timeout: float) -> bool:
 
 async def stop_backend(run_dir: Path, vm_id: str, grace: float = BACKEND_GRACE_S) -> None:
     """Make sure the VM's backend is gone (its QEMU should be already) and its files with it."""
-    pidfile = run_dir / "vsock.pid"
+    pidfile = run_dir / VSOCK_PIDFILE
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
@@ -203,6 +203,6 @@ async def stop_backend(run_dir: Path, vm_id: str, grace: float = BACKEND_GRACE_S
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1)
-    for leftover in (pidfile, run_dir / "vsock.sock"):
+    for leftover in (pidfile, run_dir / VSOCK_SOCKET):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
